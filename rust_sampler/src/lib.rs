@@ -1,0 +1,312 @@
+//! specref's verifier core: lossless speculative sampling (Leviathan et al. 2023, arXiv 2211.17192;
+//! Chen et al. 2023, arXiv 2302.01318) in pure Rust.
+//!
+//! [`coin`] holds the randomness interface and the exact-law enumerator, [`chain`] the chain (SpS)
+//! verifier and its input validation, [`error`] the errors. With the `python` feature this file also
+//! builds the `specref._sampler` extension module: glue only, no sampling logic.
+
+pub mod chain;
+pub mod coin;
+pub mod error;
+
+#[cfg(feature = "python")]
+mod python {
+    use std::any::Any;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use numpy::ndarray::{ArrayView, Axis, Dimension, Ix1, Ix2, Ix3, IxDyn};
+    use numpy::prelude::*;
+    use numpy::{Element, PyArray1, PyReadonlyArrayDyn, PyUntypedArray};
+    use pyo3::exceptions::{PyRuntimeError, PyValueError};
+    use pyo3::prelude::*;
+    use pyo3::types::PyInt;
+
+    use crate::chain::{self, Flaw, ProbTable};
+    use crate::coin;
+    use crate::error::SamplerError;
+
+    impl From<SamplerError> for PyErr {
+        fn from(e: SamplerError) -> Self {
+            PyValueError::new_err(e.to_string())
+        }
+    }
+
+    /// A probability array borrowed from NumPy, float32 or float64.
+    enum BorrowedProbs<'py> {
+        F32(PyReadonlyArrayDyn<'py, f32>),
+        F64(PyReadonlyArrayDyn<'py, f64>),
+    }
+
+    /// A strided view of a probability array; entries widen to f64 when read.
+    enum Probs<'a, D> {
+        F32(ArrayView<'a, f32, D>),
+        F64(ArrayView<'a, f64, D>),
+    }
+
+    impl BorrowedProbs<'_> {
+        fn view(&self) -> Probs<'_, IxDyn> {
+            match self {
+                Self::F32(a) => Probs::F32(a.as_array()),
+                Self::F64(a) => Probs::F64(a.as_array()),
+            }
+        }
+    }
+
+    impl<'a> Probs<'a, IxDyn> {
+        fn shape(&self) -> &[usize] {
+            match self {
+                Self::F32(a) => a.shape(),
+                Self::F64(a) => a.shape(),
+            }
+        }
+
+        fn into_dim<D: Dimension>(self, arg: &'static str) -> Result<Probs<'a, D>, SamplerError> {
+            match self {
+                Self::F32(a) => fixed_dim(arg, a).map(Probs::F32),
+                Self::F64(a) => fixed_dim(arg, a).map(Probs::F64),
+            }
+        }
+    }
+
+    impl Probs<'_, Ix3> {
+        /// The (G+1, V) or (G, V) table of sequence `b`.
+        fn sequence(&self, b: usize) -> Probs<'_, Ix2> {
+            match self {
+                Self::F32(a) => Probs::F32(a.index_axis(Axis(0), b)),
+                Self::F64(a) => Probs::F64(a.index_axis(Axis(0), b)),
+            }
+        }
+    }
+
+    impl ProbTable for Probs<'_, Ix2> {
+        fn rows(&self) -> usize {
+            match self {
+                Self::F32(a) => a.nrows(),
+                Self::F64(a) => a.nrows(),
+            }
+        }
+
+        fn row_len(&self, _: usize) -> usize {
+            match self {
+                Self::F32(a) => a.ncols(),
+                Self::F64(a) => a.ncols(),
+            }
+        }
+
+        fn prob(&self, i: usize, j: usize) -> f64 {
+            match self {
+                Self::F32(a) => a[[i, j]].into(),
+                Self::F64(a) => a[[i, j]],
+            }
+        }
+    }
+
+    /// Converts a view whose ndim [`chain::check_shapes`] already verified.
+    fn fixed_dim<'a, T, D: Dimension>(
+        arg: &'static str,
+        a: ArrayView<'a, T, IxDyn>,
+    ) -> Result<ArrayView<'a, T, D>, SamplerError> {
+        let got = a.ndim();
+        a.into_dimensionality().map_err(|_| SamplerError::Ndim {
+            arg,
+            expected: D::NDIM.unwrap_or(got),
+            got,
+        })
+    }
+
+    /// Describes what was passed instead of an accepted array, for error messages.
+    fn describe(obj: &Bound<'_, PyAny>) -> String {
+        match obj.cast::<PyUntypedArray>() {
+            Ok(a) => format!("dtype {}", a.dtype()),
+            Err(_) => obj
+                .get_type()
+                .name()
+                .map_or_else(|_| "another type".to_owned(), |n| format!("{n}")),
+        }
+    }
+
+    /// Borrows `obj` in place as an array of `T`: None if it is not one, an error if it cannot be read
+    /// in place.
+    fn borrow_as<'py, T: Element>(
+        arg: &'static str,
+        obj: &Bound<'py, PyAny>,
+    ) -> Option<Result<PyReadonlyArrayDyn<'py, T>, SamplerError>> {
+        let a = obj.extract::<PyReadonlyArrayDyn<'py, T>>().ok()?;
+        // ndarray views need aligned elements; NumPy can hand out unaligned buffers (frombuffer).
+        Some(if a.is_aligned() {
+            Ok(a)
+        } else {
+            Err(SamplerError::Unaligned { arg })
+        })
+    }
+
+    fn borrow_probs<'py>(
+        arg: &'static str,
+        obj: &Bound<'py, PyAny>,
+    ) -> Result<BorrowedProbs<'py>, SamplerError> {
+        if let Some(a) = borrow_as::<f64>(arg, obj) {
+            return a.map(BorrowedProbs::F64);
+        }
+        if let Some(a) = borrow_as::<f32>(arg, obj) {
+            return a.map(BorrowedProbs::F32);
+        }
+        Err(SamplerError::Dtype {
+            arg,
+            accepted: "float32 or float64",
+            got: describe(obj),
+        })
+    }
+
+    fn borrow_tokens<'py>(
+        obj: &Bound<'py, PyAny>,
+    ) -> Result<PyReadonlyArrayDyn<'py, i64>, SamplerError> {
+        borrow_as::<i64>("draft_tokens", obj).unwrap_or_else(|| {
+            Err(SamplerError::Dtype {
+                arg: "draft_tokens",
+                accepted: "int64",
+                got: describe(obj),
+            })
+        })
+    }
+
+    fn parse_flaw(flaw: Option<&str>) -> Result<Flaw, SamplerError> {
+        flaw.map_or(Ok(Flaw::None), str::parse)
+    }
+
+    /// Runs `work` without the GIL; a panic becomes RuntimeError instead of crossing into Python.
+    fn guarded<T: Send>(
+        py: Python<'_>,
+        work: impl FnOnce() -> Result<T, SamplerError> + Send,
+    ) -> PyResult<T> {
+        let result = py.detach(|| catch_unwind(AssertUnwindSafe(work)));
+        match result {
+            Ok(done) => Ok(done?),
+            Err(panic) => Err(PyRuntimeError::new_err(format!(
+                "specref._sampler panicked (a bug; please report): {}",
+                panic_message(panic.as_ref())
+            ))),
+        }
+    }
+
+    fn panic_message(panic: &(dyn Any + Send)) -> &str {
+        panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("unknown panic")
+    }
+
+    /// Reproducible randomness for verify_chain: xoshiro256++ seeded from a u64 through splitmix64.
+    #[pyclass(name = "SeededCoin", module = "specref._sampler")]
+    struct SeededCoin(coin::SeededCoin);
+
+    #[pymethods]
+    impl SeededCoin {
+        /// A coin whose stream is fixed by seed, an int in [0, 2**64).
+        #[new]
+        fn new(seed: &Bound<'_, PyAny>) -> PyResult<Self> {
+            match seed.extract::<u64>() {
+                Ok(seed) => Ok(Self(coin::SeededCoin::new(seed))),
+                Err(_) if seed.is_instance_of::<PyInt>() => Err(PyValueError::new_err(format!(
+                    "seed must be in [0, 2**64), got {seed}"
+                ))),
+                Err(e) => Err(e),
+            }
+        }
+
+        /// The next uniform in [0, 1), a multiple of 2**-53 (the one used by the next decision).
+        fn uniform(&mut self) -> f64 {
+            self.0.uniform()
+        }
+    }
+
+    type Outcomes<'py> = (
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<bool>>,
+    );
+
+    /// Verifies a batch of drafted chains with modified rejection sampling.
+    ///
+    /// p: (B, G+1, V), q: (B, G, V), float32 or float64; draft_tokens: (B, G) int64. Rows are verified
+    /// in order with the one coin. Returns (accepted, next_token, fallback) arrays of shape (B,).
+    /// Raises ValueError for malformed input before drawing anything. Arrays are read in place with
+    /// the GIL released, like NumPy's own loops: do not write to them from another thread meanwhile.
+    #[pyfunction]
+    #[pyo3(signature = (p, q, draft_tokens, coin, *, flaw = None))]
+    fn verify_chain<'py>(
+        py: Python<'py>,
+        p: &Bound<'py, PyAny>,
+        q: &Bound<'py, PyAny>,
+        draft_tokens: &Bound<'py, PyAny>,
+        mut coin: PyRefMut<'py, SeededCoin>,
+        flaw: Option<&str>,
+    ) -> PyResult<Outcomes<'py>> {
+        let flaw = parse_flaw(flaw)?;
+        let (p, q, draft) = (
+            borrow_probs("p", p)?,
+            borrow_probs("q", q)?,
+            borrow_tokens(draft_tokens)?,
+        );
+        let (p, q, draft) = (p.view(), q.view(), draft.as_array());
+        chain::check_shapes(true, p.shape(), q.shape(), draft.shape())?;
+        let (p, q) = (p.into_dim::<Ix3>("p")?, q.into_dim::<Ix3>("q")?);
+        let draft = fixed_dim::<_, Ix2>("draft_tokens", draft)?;
+        let rng = &mut coin.0;
+        let outcomes = guarded(py, || {
+            let batch = draft.nrows();
+            let ps: Vec<_> = (0..batch).map(|b| p.sequence(b)).collect();
+            let qs: Vec<_> = (0..batch).map(|b| q.sequence(b)).collect();
+            let ds: Vec<Vec<i64>> = draft.outer_iter().map(|row| row.to_vec()).collect();
+            chain::verify_batch(&ps, &qs, &ds, rng, flaw)
+        })?;
+        let column = |f: fn(&chain::Outcome) -> i64| outcomes.iter().map(f).collect::<Vec<_>>();
+        Ok((
+            PyArray1::from_vec(py, column(|o| o.accepted as i64)),
+            PyArray1::from_vec(py, column(|o| o.token as i64)),
+            PyArray1::from_vec(py, outcomes.iter().map(|o| o.fallback).collect()),
+        ))
+    }
+
+    /// The exact output law of verify_chain on one chain, by enumerating every coin outcome.
+    ///
+    /// p: (G+1, V), q: (G, V), draft_tokens: (G,). Returns sorted
+    /// (accepted, token, fallback, probability) tuples whose probabilities sum to 1.
+    #[pyfunction]
+    #[pyo3(signature = (p, q, draft_tokens, *, flaw = None))]
+    fn chain_law(
+        py: Python<'_>,
+        p: &Bound<'_, PyAny>,
+        q: &Bound<'_, PyAny>,
+        draft_tokens: &Bound<'_, PyAny>,
+        flaw: Option<&str>,
+    ) -> PyResult<Vec<(usize, usize, bool, f64)>> {
+        let flaw = parse_flaw(flaw)?;
+        let (p, q, draft) = (
+            borrow_probs("p", p)?,
+            borrow_probs("q", q)?,
+            borrow_tokens(draft_tokens)?,
+        );
+        let (p, q, draft) = (p.view(), q.view(), draft.as_array());
+        chain::check_shapes(false, p.shape(), q.shape(), draft.shape())?;
+        let (p, q) = (p.into_dim::<Ix2>("p")?, q.into_dim::<Ix2>("q")?);
+        let draft = fixed_dim::<_, Ix1>("draft_tokens", draft)?.to_vec();
+        let law = guarded(py, || chain::exact_law(&p, &q, &draft, flaw))?;
+        Ok(law
+            .into_iter()
+            .map(|(o, w)| (o.accepted, o.token, o.fallback, w))
+            .collect())
+    }
+
+    /// Rust core of specref: lossless speculative-decoding verifiers (Leviathan et al. 2023; Chen et
+    /// al. 2023). Probability rows must sum to 1 within NORM_TOLERANCE.
+    #[pymodule]
+    #[pyo3(name = "_sampler")]
+    fn sampler_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<SeededCoin>()?;
+        m.add_function(wrap_pyfunction!(verify_chain, m)?)?;
+        m.add_function(wrap_pyfunction!(chain_law, m)?)?;
+        m.add("NORM_TOLERANCE", chain::NORM_TOLERANCE)?;
+        Ok(())
+    }
+}

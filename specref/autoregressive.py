@@ -1,0 +1,56 @@
+"""Autoregressive decoding, the baseline every speculative method must reproduce in distribution.
+
+x_t ~ p(· | x_<t) with p = process_logits(model(x_<t)) (temperature, top-k, top-p; argmax at T = 0). The
+KV cache holds every committed token but the last, which is each step's input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from specref.checks import check_request
+from specref.kv_cache import KVCache
+from specref.logits import SamplingParams, process_logits, sample
+from specref.model import Llama
+from specref.seeds import streams
+from specref.sequences import Sequences
+from specref.stats import Generation, Stats
+
+
+def prefill(model: Llama, cache: KVCache, seqs: Sequences) -> None:
+    """Cache the prompt minus its last token, which becomes the first decoding input."""
+    if seqs.prompt_len > 1:
+        ids = torch.from_numpy(seqs.tokens[:, : seqs.prompt_len - 1]).to(model.device)
+        pos = torch.arange(seqs.prompt_len - 1, device=model.device).expand_as(ids)
+        model(ids, pos, cache, return_logits=False)
+
+
+def tensors(model: Llama, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(a).to(model.device) for a in arrays)
+
+
+@torch.inference_mode()
+def generate(model: Llama, prompt_ids: Sequence[int], *, max_new_tokens: int,
+             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
+             eos_token_ids: Sequence[int] = ()) -> Generation:
+    """Sample `num_samples` independent continuations of `prompt_ids` (greedy when params.temperature == 0)."""
+    prompt = check_request(prompt_ids, [model.config], max_new_tokens, num_samples, seed)
+    start, stats = time.perf_counter(), Stats()
+    generator, _ = streams(seed, model.device)
+    seqs = Sequences(prompt, num_samples, max_new_tokens, eos_token_ids)
+    cache = model.new_cache(num_samples, seqs.limit)
+    prefill(model, cache, seqs)
+    while seqs.active.any():
+        probs = process_logits(model(*tensors(model, *seqs.last(1)), cache).logits[:, -1], params)
+        token = sample(probs, generator).cpu().numpy()
+        stats.target_calls += 1
+        stats.rounds += int(seqs.active.sum())
+        seqs.commit(token[:, None], np.ones(num_samples, dtype=np.int64))
+        cache.keep(torch.from_numpy(seqs.lengths - 1))
+    stats.new_tokens = int((seqs.lengths - seqs.prompt_len).sum())
+    stats.wall_time = time.perf_counter() - start
+    return Generation(seqs.outputs(), stats)

@@ -1,0 +1,44 @@
+"""Committed tokens of a batch of sequences that share one prompt, and the rules that stop them.
+
+A sequence stops right after its first end-of-sequence token or at `max_new_tokens` new tokens, even in the
+middle of a speculative block. Both are stopping times of the token stream, so cutting a sequence that is
+distributed as autoregressive sampling keeps it so (the rest of a verified block is simply not emitted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class Sequences:
+    def __init__(self, prompt: Sequence[int], num: int, max_new_tokens: int, eos_token_ids: Sequence[int]) -> None:
+        self.prompt_len = len(prompt)
+        self.limit = self.prompt_len + max_new_tokens
+        self.tokens = np.zeros((num, self.limit), dtype=np.int64)
+        self.tokens[:, : self.prompt_len] = prompt
+        self.lengths = np.full(num, self.prompt_len, dtype=np.int64)
+        self.active = np.ones(num, dtype=bool)
+        self.eos = np.asarray(list(eos_token_ids), dtype=np.int64)
+
+    def last(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The last k committed tokens of every sequence and their positions, both (B, k)."""
+        pos = self.lengths[:, None] - k + np.arange(k)
+        return np.take_along_axis(self.tokens, pos, axis=1), pos
+
+    def commit(self, new: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """Append new[b, :count[b]] to every active sequence, cut at EOS and the limit; return what was kept."""
+        count = np.where(self.active, count, 0)
+        valid = np.arange(new.shape[1]) < count[:, None]
+        is_eos = np.isin(new, self.eos) & valid
+        has_eos = is_eos.any(axis=1)
+        count = np.minimum(np.where(has_eos, is_eos.argmax(axis=1) + 1, count), self.limit - self.lengths)
+        rows, cols = np.nonzero(np.arange(new.shape[1]) < count[:, None])
+        self.tokens[rows, self.lengths[rows] + cols] = new[rows, cols]
+        self.lengths += count
+        self.active &= ~has_eos & (self.lengths < self.limit)
+        return count
+
+    def outputs(self) -> list[list[int]]:
+        return [row[self.prompt_len : n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]

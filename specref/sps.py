@@ -1,0 +1,93 @@
+"""Speculative sampling (SpS): Leviathan, Kalman & Matias 2023 (arXiv 2211.17192); Chen et al. 2023
+(arXiv 2302.01318).
+
+One round, with p = target and q = draft distributions after the same logits processing:
+
+    draft   x_i ~ q_i = q(· | prefix, x_<i)                          i = 1..gamma (q one-hot for argmax drafts)
+    target  p_1..p_{gamma+1} from one forward over [last token, x_1..x_gamma]
+    verify  accept x_i iff u_i q_i(x_i) < p_i(x_i), u_i ~ U[0, 1) fresh      (strict: p(x) = 0 never passes)
+            first rejection at i: emit y ~ norm(max(0, p_i - q_i)) and stop
+            all accepted:         emit the bonus y ~ p_{gamma+1}
+
+P(emit y at position i) = min(p_i, q_i)(y) + (p_i - q_i)^+(y) = p_i(y), so the output is distributed exactly
+as autoregressive sampling from p, whatever the draft. Verification runs in Rust (`specref._sampler`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from specref._sampler import verify_chain
+from specref.autoregressive import prefill, tensors
+from specref.checks import check_count, check_pair, check_request
+from specref.logits import GREEDY, SamplingParams, process_logits, sample
+from specref.model import Llama
+from specref.seeds import streams
+from specref.sequences import Sequences
+from specref.stats import Generation, Stats
+
+
+def propose(logits: Tensor, params: SamplingParams, greedy_draft: bool,
+            generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A draft token per row and the exact law q it was drawn from (one-hot on the argmax for greedy drafts).
+
+    Reporting any other q (say the softmax behind an argmax draft) breaks losslessness (transformers #32867).
+    """
+    q = process_logits(logits, GREEDY if greedy_draft else params)
+    return sample(q, generator), q
+
+
+@torch.inference_mode()
+def generate(target: Llama, draft: Llama, prompt_ids: Sequence[int], *, gamma: int, max_new_tokens: int,
+             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
+             eos_token_ids: Sequence[int] = (), greedy_draft: bool = False) -> Generation:
+    """Sample `num_samples` continuations of `prompt_ids` from the target, drafting `gamma` tokens a round."""
+    check_count("gamma", gamma)
+    check_pair(target.config, draft.config)
+    if draft.device != target.device:
+        raise ValueError(f"draft is on {draft.device} but the target is on {target.device}")
+    prompt = check_request(prompt_ids, [target.config, draft.config], max_new_tokens, num_samples, seed)
+    start, stats = time.perf_counter(), Stats()
+    generator, coin = streams(seed, target.device)
+    seqs = Sequences(prompt, num_samples, max_new_tokens, eos_token_ids)
+    tcache, dcache = (m.new_cache(num_samples, seqs.limit + gamma + 1) for m in (target, draft))
+    prefill(target, tcache, seqs)
+    prefill(draft, dcache, seqs)
+    feed = 1  # committed tokens the draft reads first: the last one, later also the one before
+    while seqs.active.any():
+        # Re-reading the second-to-last token re-writes its K/V when the draft already had them and adds
+        # them when that token was the previous round's last draft, which the draft sampled but never read.
+        dcache.keep(torch.from_numpy(seqs.lengths - feed))
+        ids, pos = tensors(draft, *seqs.last(feed))
+        drafts, qs = [], []
+        for _ in range(gamma):
+            x, q = propose(draft(ids, pos, dcache).logits[:, -1], params, greedy_draft, generator)
+            drafts.append(x)
+            qs.append(q)
+            ids, pos = x[:, None], pos[:, -1:] + 1
+        feed = 2
+
+        last, last_pos = tensors(target, *seqs.last(1))
+        x = torch.stack(drafts, dim=1)
+        logits = target(torch.cat([last, x], dim=1), last_pos + torch.arange(gamma + 1, device=x.device),
+                        tcache).logits
+        p = process_logits(logits, params)  # (B, gamma + 1, V): rows p_1..p_{gamma+1}
+        x = x.cpu().numpy()
+        accepted, token, fallback = verify_chain(p.cpu().numpy(), torch.stack(qs, dim=1).cpu().numpy(), x, coin)
+
+        new = np.concatenate([x, token[:, None]], axis=1)
+        new[np.arange(num_samples), accepted] = token  # x_1..x_n, then the correction or bonus token
+        stats.record_round(gamma, accepted[seqs.active].tolist())
+        stats.residual_fallbacks += int(fallback[seqs.active].sum())
+        stats.target_calls += 1
+        stats.draft_calls += gamma
+        seqs.commit(new, accepted + 1)
+        tcache.keep(torch.from_numpy(seqs.lengths - 1))  # K/V of the last token and accepted drafts stay
+    stats.new_tokens = int((seqs.lengths - seqs.prompt_len).sum())
+    stats.wall_time = time.perf_counter() - start
+    return Generation(seqs.outputs(), stats)

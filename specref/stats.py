@@ -1,0 +1,71 @@
+"""What a decoding run reports: the counts behind speculative decoding's speed-up.
+
+alpha = accepted / proposed drafts; tau = emitted tokens per verification round (tokens per target call for
+one sequence). Under i.i.d. acceptance with rate alpha and draft length gamma, E[tau] = (1 - alpha^(gamma+1))
+/ (1 - alpha), and the wall-time speed-up over autoregressive decoding is E[tau] / (gamma c + 1), c being the
+draft/target cost ratio (Leviathan et al. 2023, arXiv 2211.17192, §3.1-3.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Stats:
+    new_tokens: int = 0
+    target_calls: int = 0  # target forwards while decoding; the prompt prefill is not counted
+    draft_calls: int = 0
+    rounds: int = 0  # verification rounds summed over sequences (= target_calls for one sequence)
+    proposed: int = 0
+    accepted: int = 0
+    accept_hist: list[int] = field(default_factory=list)  # [n] = rounds that accepted exactly n drafts
+    residual_fallbacks: int = 0  # rejections whose residual max(p - q, 0) had no mass (p used instead)
+    wall_time: float = 0.0  # seconds, prefill included
+
+    @property
+    def tau(self) -> float:
+        return self.new_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def alpha(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def position_acceptance(self) -> list[float]:
+        """Fraction of rounds whose i-th draft (i = 1..gamma) was accepted."""
+        total = sum(self.accept_hist)
+        return [sum(self.accept_hist[i:]) / total for i in range(1, len(self.accept_hist))] if total else []
+
+    def record_round(self, proposed_per_row: int, accepted: list[int]) -> None:
+        """Book one verification round of len(accepted) sequences that each proposed `proposed_per_row`."""
+        if len(self.accept_hist) < proposed_per_row + 1:
+            self.accept_hist += [0] * (proposed_per_row + 1 - len(self.accept_hist))
+        self.rounds += len(accepted)
+        self.proposed += proposed_per_row * len(accepted)
+        self.accepted += sum(accepted)
+        for n in accepted:
+            self.accept_hist[n] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tau": self.tau, "alpha": self.alpha, "tokens_per_s": self.tokens_per_s,
+                "position_acceptance": self.position_acceptance}
+
+    def summary(self) -> str:
+        line = (f"{self.new_tokens} tokens in {self.wall_time:.2f} s ({self.tokens_per_s:.1f} tok/s), "
+                f"{self.target_calls} target calls, tau {self.tau:.2f}")
+        if self.proposed:
+            line += (f", alpha {self.alpha:.3f} ({self.accepted}/{self.proposed} drafts), "
+                     f"{self.draft_calls} draft calls")
+        return line
+
+
+@dataclass
+class Generation:
+    token_ids: list[list[int]]  # new tokens of each sample, prompt excluded
+    stats: Stats
