@@ -42,7 +42,7 @@ for i, row in enumerate(p):
 drafts = np.array([tokens[len(prompt) :]])
 accepted, token, _ = verify_chain(p[None].numpy(), torch.stack(qs)[None].numpy(), drafts, SeededCoin(0))
 print(f"\naccepted {accepted[0]} of {gamma} drafts, then emitted token {token[0]}")
-print("emitted:", tokens[len(prompt) : len(prompt) + accepted[0]] + [int(token[0])])
+print("emitted:", [*tokens[len(prompt) : len(prompt) + accepted[0]], int(token[0])])
 
 # 4. The exact law of this round's outcome (every random branch enumerated):
 print("\nexact law of (accepted, next token) for these drafts:")
