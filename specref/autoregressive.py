@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from specref.checks import check_request
+from specref.checks import check_count, check_request
 from specref.kv_cache import KVCache
 from specref.logits import SamplingParams, process_logits, sample
 from specref.model import Llama
@@ -22,11 +22,16 @@ from specref.stats import Generation, Stats
 
 
 def prefill(model: Llama, cache: KVCache, seqs: Sequences) -> None:
-    """Cache the prompt minus its last token, which becomes the first decoding input."""
-    if seqs.prompt_len > 1:
-        ids = torch.from_numpy(seqs.tokens[:, : seqs.prompt_len - 1]).to(model.device)
-        pos = torch.arange(seqs.prompt_len - 1, device=model.device).expand_as(ids)
-        model(ids, pos, cache, return_logits=False)
+    """Cache each prompt minus its last token, which becomes the first decoding input.
+
+    Prompts of different lengths run as one padded batch: padding sits after each prompt, where causal
+    attention keeps it from touching the prompt, and the cache then drops it.
+    """
+    width = int(seqs.prompt_lens.max()) - 1
+    if width > 0:
+        ids = torch.from_numpy(seqs.tokens[:, :width]).to(model.device)
+        model(ids, torch.arange(width, device=model.device).expand_as(ids), cache, return_logits=False)
+        cache.keep(torch.from_numpy(seqs.prompt_lens - 1))
 
 
 def tensors(model: Llama, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -34,23 +39,31 @@ def tensors(model: Llama, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
 
 
 @torch.inference_mode()
-def generate(model: Llama, prompt_ids: Sequence[int], *, max_new_tokens: int,
-             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
-             eos_token_ids: Sequence[int] = ()) -> Generation:
-    """Sample `num_samples` independent continuations of `prompt_ids` (greedy when params.temperature == 0)."""
-    prompt = check_request(prompt_ids, [model.config], max_new_tokens, num_samples, seed)
+def generate_batch(model: Llama, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                   params: SamplingParams = SamplingParams(), seed: int = 0,
+                   eos_token_ids: Sequence[int] = ()) -> Generation:
+    """Continue every prompt of `prompts` once, all in one batch (greedy when params.temperature == 0)."""
+    prompts = check_request(prompts, [model.config], max_new_tokens, seed)
     start, stats = time.perf_counter(), Stats()
     generator, _ = streams(seed, model.device)
-    seqs = Sequences(prompt, num_samples, max_new_tokens, eos_token_ids)
-    cache = model.new_cache(num_samples, seqs.limit)
+    seqs = Sequences(prompts, max_new_tokens, eos_token_ids)
+    cache = model.new_cache(len(prompts), int(seqs.limits.max()))
     prefill(model, cache, seqs)
     while seqs.active.any():
         probs = process_logits(model(*tensors(model, *seqs.last(1)), cache).logits[:, -1], params)
         token = sample(probs, generator).cpu().numpy()
         stats.target_calls += 1
         stats.rounds += int(seqs.active.sum())
-        seqs.commit(token[:, None], np.ones(num_samples, dtype=np.int64))
+        seqs.commit(token[:, None], np.ones(len(prompts), dtype=np.int64))
         cache.keep(torch.from_numpy(seqs.lengths - 1))
-    stats.new_tokens = int((seqs.lengths - seqs.prompt_len).sum())
+    stats.new_tokens = seqs.new_tokens
     stats.wall_time = time.perf_counter() - start
     return Generation(seqs.outputs(), stats)
+
+
+def generate(model: Llama, prompt_ids: Sequence[int], *, max_new_tokens: int,
+             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
+             eos_token_ids: Sequence[int] = ()) -> Generation:
+    """Sample `num_samples` independent continuations of `prompt_ids` (greedy when params.temperature == 0)."""
+    return generate_batch(model, [list(prompt_ids)] * check_count("num_samples", num_samples),
+                          max_new_tokens=max_new_tokens, params=params, seed=seed, eos_token_ids=eos_token_ids)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from specref.model import ModelConfig
 
 
@@ -13,23 +15,25 @@ def check_count(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
-def check_request(prompt_ids: Sequence[int], configs: Sequence[ModelConfig], max_new_tokens: int,
-                  num_samples: int, seed: int) -> list[int]:
-    """Validate a generation request against every model that will run it; return the prompt as a list."""
+def check_request(prompts: Sequence[Sequence[int]], configs: Sequence[ModelConfig], max_new_tokens: int,
+                  seed: int) -> list[list[int]]:
+    """Validate a batch of prompts against every model that will run them; return them as lists."""
     check_count("max_new_tokens", max_new_tokens)
-    check_count("num_samples", num_samples)
     check_count("seed", seed, minimum=0)
-    prompt = list(prompt_ids)
-    if not prompt:
-        raise ValueError("prompt is empty: at least one token is needed")
-    for config in configs:
-        vocab, max_pos = config.vocab_size, config.max_position_embeddings
-        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in prompt):
-            raise ValueError(f"prompt token ids must be integers in [0, {vocab}), got {prompt}")
-        if len(prompt) + max_new_tokens > max_pos:
-            raise ValueError(f"prompt length {len(prompt)} + max_new_tokens {max_new_tokens} exceeds the "
-                             f"model's {max_pos} positions (max_position_embeddings)")
-    return prompt
+    prompts = [list(p) for p in prompts]
+    if not prompts:
+        raise ValueError("no prompts given")
+    for prompt in prompts:
+        if not prompt:
+            raise ValueError("prompt is empty: at least one token is needed")
+        for config in configs:
+            vocab, max_pos = config.vocab_size, config.max_position_embeddings
+            if any(isinstance(t, bool) or not isinstance(t, int | np.integer) or not 0 <= t < vocab for t in prompt):
+                raise ValueError(f"prompt token ids must be integers in [0, {vocab}), got {prompt[:20]}")
+            if len(prompt) + max_new_tokens > max_pos:
+                raise ValueError(f"prompt length {len(prompt)} + max_new_tokens {max_new_tokens} exceeds the "
+                                 f"model's {max_pos} positions (max_position_embeddings)")
+    return prompts
 
 
 def check_pair(target: ModelConfig, draft: ModelConfig) -> None:

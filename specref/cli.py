@@ -103,7 +103,8 @@ class CLI:
             if tokenizer is None:
                 raise ValueError("this model has no tokenizer: give the prompt as --prompt-ids 1,2,3")
             ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        check_request(ids, [c for c in configs if c is not None], max_new_tokens, num_samples, seed)
+        check_count("num_samples", num_samples)
+        check_request([ids], [c for c in configs if c is not None], max_new_tokens, seed)
 
         if target is None:
             tgt = random_model(TINY_TARGET, seed=1, dtype=DTYPES[dtype], device=dev)

@@ -33,10 +33,11 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    def attention_mask(self, mask: Tensor) -> Tensor:
-        """Start a forward of q new tokens: (B, q, span) visibility from the new tokens' mask (B or 1, q, q).
+    def attention_mask(self, mask: Tensor) -> Tensor | None:
+        """Start a forward of q new tokens: (B, 1, q, span) visibility from the new tokens' mask (B or 1, q, q).
 
-        Sets the rows the new tokens will be written to; `write` uses them for every layer.
+        Sets the rows the new tokens will be written to; `write` uses them for every layer. Returns None when
+        every row is visible (one sequence, one new token), which lets attention skip the mask.
         """
         q = mask.shape[-1]
         self._span = int(self.lengths.max()) + q
@@ -45,9 +46,11 @@ class KVCache:
         rows = torch.arange(self._span, device=self.k.device)
         rel = rows - self.lengths[:, None]  # (B, span): row index relative to the first new row
         self._new = self.lengths[:, None] + torch.arange(q, device=self.k.device)
+        if q == 1 and len(self.lengths) == 1:
+            return None
         new_part = mask.expand(len(self.lengths), q, q).gather(
             2, rel.clamp(0, q - 1)[:, None, :].expand(-1, q, -1))
-        return (rel < 0)[:, None, :] | (new_part & (rel < q)[:, None, :])
+        return ((rel < 0)[:, None, :] | (new_part & (rel < q)[:, None, :]))[:, None]
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store this layer's new K/V (B, kv_heads, q, d) and return all rows the forward attends to."""

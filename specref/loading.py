@@ -3,6 +3,8 @@
 A checkpoint directory holds `config.json` and weights as `model.safetensors`, as shards listed by
 `model.safetensors.index.json`, or as `pytorch_model.bin` (read with `weights_only=True`, never a full
 unpickle). Tensor names are `LlamaForCausalLM`'s; specref's modules carry the same names minus `model.`.
+llama.cpp's GGUF files are read too (`read_gguf`): tensors are dequantized and llama.cpp's interleaved
+q/k rows are permuted back to the half-split RoPE layout this decoder uses.
 Every problem (missing files, corrupt weights, missing or extra tensors, wrong shapes) raises an error that
 names the file or tensor, before the model is used.
 """
@@ -21,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from specref.model import Llama, ModelConfig
+from specref.model import Llama, ModelConfig, fuse_hf, split_hf
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -81,7 +83,7 @@ def build_model(config: ModelConfig, weights: dict[str, Any], *, dtype: torch.dt
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
         model = Llama(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()
+    expected = {k: v.shape for k, v in split_hf(model.state_dict(), config).items()
                 if not (config.tie_word_embeddings and k == "lm_head.weight")}
     missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or extra:
@@ -92,7 +94,7 @@ def build_model(config: ModelConfig, weights: dict[str, Any], *, dtype: torch.dt
         if tuple(state[name].shape) != tuple(shape):
             raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, the config implies "
                              f"{tuple(shape)}")
-    model.load_state_dict({k: v.to(device, dtype) for k, v in state.items()}, strict=False, assign=True)
+    model.load_state_dict({k: v.to(device, dtype) for k, v in fuse_hf(state).items()}, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     return model.eval()
@@ -115,6 +117,66 @@ def load_tokenizer(path: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
+GGUF_NAMES = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head",
+              "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+              "ffn_down": "mlp.down_proj"}
+
+
+def read_gguf(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A Llama-architecture GGUF file as an HF `config.json` dict and dequantized fp32 tensors (HF names)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    try:
+        reader = GGUFReader(path)
+        meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
+        arch = meta["general.architecture"]
+        if arch != "llama":
+            raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (llama only)")
+        if f"{arch}.rope.scaling.type" in meta:
+            raise ValueError(f"{path}: GGUF RoPE scaling is not supported")
+        heads, kv_heads = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
+        names = {t.name for t in reader.tensors}
+        config = {
+            "model_type": "llama",
+            "vocab_size": len(reader.fields["tokenizer.ggml.tokens"].data),
+            "hidden_size": meta["llama.embedding_length"],
+            "intermediate_size": meta["llama.feed_forward_length"],
+            "num_hidden_layers": meta["llama.block_count"],
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "head_dim": meta.get("llama.rope.dimension_count", meta["llama.embedding_length"] // heads),
+            "max_position_embeddings": meta["llama.context_length"],
+            "rms_norm_eps": meta["llama.attention.layer_norm_rms_epsilon"],
+            "rope_theta": meta.get("llama.rope.freq_base", 10000.0),
+            "tie_word_embeddings": "output.weight" not in names,
+            "bos_token_id": reader.fields["tokenizer.ggml.bos_token_id"].contents(),
+            "eos_token_id": reader.fields["tokenizer.ggml.eos_token_id"].contents(),
+        }
+        weights = {}
+        for t in reader.tensors:
+            block, _, rest = t.name.partition(".")
+            if block == "blk":
+                layer, part, kind = rest.split(".")
+                name = f"model.layers.{layer}.{GGUF_NAMES[part]}.{kind}"
+            else:
+                name = ("" if block == "output" else "model.") + f"{GGUF_NAMES[block]}.{rest}"
+            w = torch.from_numpy(dequantize(t.data, t.tensor_type).copy())
+            if block == "blk" and part in ("attn_q", "attn_k"):
+                # llama.cpp's converter reorders each head's rows from (half, pair) to (pair, half) so that
+                # interleaved RoPE applies; swap them back for the half-split layout.
+                n = heads if part == "attn_q" else kv_heads
+                w = w.reshape(n, w.shape[0] // n // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+            weights[name] = w
+    except (KeyError, ValueError, IndexError, OSError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path} is not a readable Llama GGUF file: {e!r}") from None
+    return config, weights
+
+
 def atomic_directory(path: str | Path) -> tuple[Path, Path]:
     """A fresh temporary directory beside `path`; `commit_directory` renames it into place."""
     path = Path(path)
@@ -130,7 +192,7 @@ def save_model(model: Llama, path: str | Path) -> None:
     try:
         (tmp / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2, sort_keys=True) + "\n")
         state = {f"model.{k}" if k != "lm_head.weight" else k: v.detach().contiguous().cpu()
-                 for k, v in model.state_dict().items()
+                 for k, v in split_hf(model.state_dict(), model.config).items()
                  if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         os.replace(tmp, path)

@@ -9,10 +9,11 @@ with rotary position embeddings (Su et al. 2021, arXiv 2104.09864; optional "lla
 grouped-query attention (Ainslie et al. 2023, arXiv 2305.13245: several query heads share one K/V head) and
 the SwiGLU MLP (Shazeer 2020, arXiv 2002.05202). logits = W_lm · RMSNorm(y_last_layer).
 
-Parameter names follow Hugging Face's `LlamaForCausalLM` minus the `model.` prefix, so a checkpoint's
-state dict loads as it is (see `loading.py`). The forward writes K/V into a preallocated `KVCache` and
-takes a boolean mask over the new tokens (causal for chains, ancestor mask for trees); it can also return
-the final normed hidden state and the inputs of chosen layers, which EAGLE heads consume.
+Parameter names follow Hugging Face's `LlamaForCausalLM` minus the `model.` prefix, except that q/k/v and
+gate/up are fused into one matrix each (`fuse_hf` / `split_hf` map between the two; see `loading.py`).
+The forward writes K/V into a preallocated `KVCache` and takes a boolean mask over the new tokens (causal
+for chains, ancestor mask for trees); it can also return the final normed hidden state and the inputs of
+chosen layers, which EAGLE heads consume.
 """
 
 from __future__ import annotations
@@ -123,6 +124,39 @@ class ModelConfig:
                 "eos_token_id": eos[0] if len(eos) == 1 else (eos or None)}
 
 
+# HF checkpoints keep q/k/v and gate/up apart; specref fuses each group into one matrix (rows concatenated).
+FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def fuse_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HF-named tensors (no `model.` prefix) -> specref's names, concatenating each fused group."""
+    out = dict(state)
+    for key in list(state):
+        for fused, parts in FUSED.items():
+            head, sep, kind = key.partition(f".{parts[0]}.")
+            if sep and all(f"{head}.{part}.{kind}" in state for part in parts):
+                out[f"{head}.{fused}.{kind}"] = torch.cat([out.pop(f"{head}.{part}.{kind}") for part in parts])
+    return out
+
+
+def split_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """specref-named tensors -> HF names (the inverse of `fuse_hf`)."""
+    d = config.head_dim
+    sizes = {"self_attn.qkv_proj": [config.num_attention_heads * d] + [config.num_key_value_heads * d] * 2,
+             "mlp.gate_up_proj": [config.intermediate_size] * 2}
+    out = {}
+    for key, value in state.items():
+        for fused, parts in FUSED.items():
+            head, sep, kind = key.partition(f".{fused}.")
+            if sep:
+                out.update({f"{head}.{p}.{kind}": v for p, v in zip(parts, value.split(sizes[fused]), strict=True)})
+                break
+        else:
+            out[key] = value
+    return out
+
+
 class Output(NamedTuple):
     logits: Tensor | None  # (B, q, V), or None when not asked for
     hidden: Tensor  # (B, q, H): final hidden state after the last RMSNorm (EAGLE-1's feature)
@@ -136,16 +170,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalise in at least fp32: bf16 squares lose too much precision.
-        h = x.to(torch.promote_types(x.dtype, torch.float32))
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_frequencies(config: ModelConfig) -> Tensor:
-    """Inverse frequencies theta^(-2i/d), with linear or llama3 (Llama 3.1) scaling applied."""
+    """Inverse frequencies theta^(-2i/d), with linear or llama3 (Llama 3.1) scaling applied.
+
+    Computed in fp32 exactly as transformers does: SmolLM2's residual stream reaches 1e4, where an angle that
+    differs in its last bit changes the logits by 1e-4.
+    """
     d = config.head_dim
-    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
     s = config.rope_scaling or {}
     if s.get("rope_type") == "linear":
         inv_freq = inv_freq / float(s["factor"])
@@ -169,18 +204,16 @@ class Attention(nn.Module):
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.qkv_bias)
-        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.qkv_bias)
-        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.qkv_bias)
+        # q, k and v in one product: fewer, larger matrix products are what CPU decoding is fast at
+        self.qkv_proj = nn.Linear(c.hidden_size, (self.n_heads + 2 * self.n_kv) * c.head_dim, bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None, layer: int) -> Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        qkv = self.qkv_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (b, heads, t, d)
+        qk = rotate(qkv[:, : self.n_heads + self.n_kv], cos, sin)
+        q, k, v = qk[:, : self.n_heads], qk[:, self.n_heads :], qkv[:, self.n_heads + self.n_kv :]
         if cache is not None:
             k, v = cache.write(layer, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv)
@@ -190,12 +223,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -206,7 +239,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None, layer: int) -> Tensor:
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         return h + self.mlp(self.post_attention_layernorm(h))
@@ -222,7 +255,7 @@ class Llama(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        # Not a buffer: `.to(bfloat16)` would round the frequencies; kept in fp64, cast per (device, dtype).
+        # Not a buffer: `.to(bfloat16)` would round the frequencies; kept in fp32, cast per (device, dtype).
         self._inv_freq: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     @property
@@ -252,7 +285,7 @@ class Llama(nn.Module):
             raise ValueError(f"layer_inputs {list(layer_inputs)} must lie in [0, {len(self.layers)})")
         if mask is None:
             mask = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
-        attn_mask = (cache.attention_mask(mask) if cache is not None else mask.expand(b, t, t))[:, None]
+        attn_mask = cache.attention_mask(mask) if cache is not None else mask.expand(b, t, t)[:, None]
         # Angles in at least fp32 (bf16 positions above 256 would collide); fp64 models keep fp64.
         angle_dtype = torch.promote_types(self.dtype, torch.float32)
         key = (input_ids.device, angle_dtype)

@@ -1,4 +1,4 @@
-"""Committed tokens of a batch of sequences that share one prompt, and the rules that stop them.
+"""Committed tokens of a batch of sequences, and the rules that stop them.
 
 A sequence stops right after its first end-of-sequence token or at `max_new_tokens` new tokens, even in the
 middle of a speculative block. Both are stopping times of the token stream, so cutting a sequence that is
@@ -13,13 +13,14 @@ import numpy as np
 
 
 class Sequences:
-    def __init__(self, prompt: Sequence[int], num: int, max_new_tokens: int, eos_token_ids: Sequence[int]) -> None:
-        self.prompt_len = len(prompt)
-        self.limit = self.prompt_len + max_new_tokens
-        self.tokens = np.zeros((num, self.limit), dtype=np.int64)
-        self.tokens[:, : self.prompt_len] = prompt
-        self.lengths = np.full(num, self.prompt_len, dtype=np.int64)
-        self.active = np.ones(num, dtype=bool)
+    def __init__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: Sequence[int]) -> None:
+        self.prompt_lens = np.array([len(p) for p in prompts], dtype=np.int64)
+        self.limits = self.prompt_lens + max_new_tokens
+        self.tokens = np.zeros((len(prompts), int(self.limits.max())), dtype=np.int64)
+        for row, prompt in zip(self.tokens, prompts, strict=True):
+            row[: len(prompt)] = prompt
+        self.lengths = self.prompt_lens.copy()
+        self.active = np.ones(len(prompts), dtype=bool)
         self.eos = np.asarray(list(eos_token_ids), dtype=np.int64)
 
     def last(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,12 +34,16 @@ class Sequences:
         valid = np.arange(new.shape[1]) < count[:, None]
         is_eos = np.isin(new, self.eos) & valid
         has_eos = is_eos.any(axis=1)
-        count = np.minimum(np.where(has_eos, is_eos.argmax(axis=1) + 1, count), self.limit - self.lengths)
+        count = np.minimum(np.where(has_eos, is_eos.argmax(axis=1) + 1, count), self.limits - self.lengths)
         rows, cols = np.nonzero(np.arange(new.shape[1]) < count[:, None])
         self.tokens[rows, self.lengths[rows] + cols] = new[rows, cols]
         self.lengths += count
-        self.active &= ~has_eos & (self.lengths < self.limit)
+        self.active &= ~has_eos & (self.lengths < self.limits)
         return count
 
     def outputs(self) -> list[list[int]]:
-        return [row[self.prompt_len : n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]
+        return [row[p:n].tolist() for row, p, n in zip(self.tokens, self.prompt_lens, self.lengths, strict=True)]
+
+    @property
+    def new_tokens(self) -> int:
+        return int((self.lengths - self.prompt_lens).sum())

@@ -43,19 +43,20 @@ def propose(logits: Tensor, params: SamplingParams, greedy_draft: bool,
 
 
 @torch.inference_mode()
-def generate(target: Llama, draft: Llama, prompt_ids: Sequence[int], *, gamma: int, max_new_tokens: int,
-             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
-             eos_token_ids: Sequence[int] = (), greedy_draft: bool = False) -> Generation:
-    """Sample `num_samples` continuations of `prompt_ids` from the target, drafting `gamma` tokens a round."""
+def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]], *, gamma: int,
+                   max_new_tokens: int, params: SamplingParams = SamplingParams(), seed: int = 0,
+                   eos_token_ids: Sequence[int] = (), greedy_draft: bool = False) -> Generation:
+    """Continue every prompt once with the target's distribution, drafting `gamma` tokens a round."""
     check_count("gamma", gamma)
     check_pair(target.config, draft.config)
     if draft.device != target.device:
         raise ValueError(f"draft is on {draft.device} but the target is on {target.device}")
-    prompt = check_request(prompt_ids, [target.config, draft.config], max_new_tokens, num_samples, seed)
+    prompts = check_request(prompts, [target.config, draft.config], max_new_tokens, seed)
     start, stats = time.perf_counter(), Stats()
     generator, coin = streams(seed, target.device)
-    seqs = Sequences(prompt, num_samples, max_new_tokens, eos_token_ids)
-    tcache, dcache = (m.new_cache(num_samples, seqs.limit + gamma + 1) for m in (target, draft))
+    seqs = Sequences(prompts, max_new_tokens, eos_token_ids)
+    batch, capacity = len(prompts), int(seqs.limits.max()) + gamma + 1
+    tcache, dcache = (m.new_cache(batch, capacity) for m in (target, draft))
     prefill(target, tcache, seqs)
     prefill(draft, dcache, seqs)
     feed = 1  # committed tokens the draft reads first: the last one, later also the one before
@@ -81,13 +82,22 @@ def generate(target: Llama, draft: Llama, prompt_ids: Sequence[int], *, gamma: i
         accepted, token, fallback = verify_chain(p.cpu().numpy(), torch.stack(qs, dim=1).cpu().numpy(), x, coin)
 
         new = np.concatenate([x, token[:, None]], axis=1)
-        new[np.arange(num_samples), accepted] = token  # x_1..x_n, then the correction or bonus token
+        new[np.arange(batch), accepted] = token  # x_1..x_n, then the correction or bonus token
         stats.record_round(gamma, accepted[seqs.active].tolist())
         stats.residual_fallbacks += int(fallback[seqs.active].sum())
         stats.target_calls += 1
         stats.draft_calls += gamma
         seqs.commit(new, accepted + 1)
         tcache.keep(torch.from_numpy(seqs.lengths - 1))  # K/V of the last token and accepted drafts stay
-    stats.new_tokens = int((seqs.lengths - seqs.prompt_len).sum())
+    stats.new_tokens = seqs.new_tokens
     stats.wall_time = time.perf_counter() - start
     return Generation(seqs.outputs(), stats)
+
+
+def generate(target: Llama, draft: Llama, prompt_ids: Sequence[int], *, gamma: int, max_new_tokens: int,
+             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
+             eos_token_ids: Sequence[int] = (), greedy_draft: bool = False) -> Generation:
+    """Sample `num_samples` continuations of `prompt_ids` from the target, drafting `gamma` tokens a round."""
+    return generate_batch(target, draft, [list(prompt_ids)] * check_count("num_samples", num_samples),
+                          gamma=gamma, max_new_tokens=max_new_tokens, params=params, seed=seed,
+                          eos_token_ids=eos_token_ids, greedy_draft=greedy_draft)

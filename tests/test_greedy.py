@@ -86,3 +86,15 @@ def test_lower_precisions_run(models, dtype):
         assert sps.token_ids == ar.token_ids
     sampled = generate_sps(target, draft, [1], gamma=2, max_new_tokens=24, params=SamplingParams(0.9), seed=2)
     assert len(sampled.token_ids[0]) == 24
+
+
+def test_ragged_prompt_batches_equal_one_by_one(models):
+    """Prompts of different lengths in one batch give what each gives alone (prefill padding is dropped)."""
+    from specref.autoregressive import generate_batch as ar_batch
+    from specref.sps import generate_batch as sps_batch
+
+    prompts = [[1], [4, 2, 9, 9, 3, 1], [7, 7], [0, 15, 3]]
+    alone = [generate_ar(models["target"], p, max_new_tokens=20, params=GREEDY).token_ids[0] for p in prompts]
+    assert ar_batch(models["target"], prompts, max_new_tokens=20, params=GREEDY).token_ids == alone
+    assert sps_batch(models["target"], models["partly"], prompts, gamma=3, max_new_tokens=20,
+                     params=GREEDY).token_ids == alone
