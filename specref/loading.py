@@ -94,7 +94,8 @@ def build_model(config: ModelConfig, weights: dict[str, Any], *, dtype: torch.dt
         if tuple(state[name].shape) != tuple(shape):
             raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, the config implies "
                              f"{tuple(shape)}")
-    model.load_state_dict({k: v.to(device, dtype) for k, v in fuse_hf(state).items()}, strict=False, assign=True)
+    state = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in fuse_hf(state).items()}
+    model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     return model.eval()
@@ -105,6 +106,20 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32,
     """Load a Hugging Face Llama-family checkpoint directory into specref's decoder."""
     config = read_config(path)
     return build_model(config, read_weights(path), dtype=dtype, device=device)
+
+
+def load_draft(path: str | Path, target: Llama, *, dtype: torch.dtype | None = None) -> Llama:
+    """Load a draft for `target`, filling in the input embedding when the draft borrows the target's."""
+    config, weights = read_config(path), read_weights(path)
+    if config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"draft {path} has vocab size {config.vocab_size}, the target {target.config.vocab_size}: "
+                         "the two models must share one tokenizer")
+    if config.shares_target_embeddings:
+        if config.hidden_size != target.config.hidden_size:
+            raise ValueError(f"draft {path} borrows the target's embeddings but its hidden size "
+                             f"{config.hidden_size} differs from the target's {target.config.hidden_size}")
+        weights["model.embed_tokens.weight"] = target.embed_tokens.weight
+    return build_model(config, weights, dtype=dtype or target.dtype, device=target.device)
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -186,14 +201,21 @@ def atomic_directory(path: str | Path) -> tuple[Path, Path]:
     return path, Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
 
 
-def save_model(model: Llama, path: str | Path) -> None:
-    """Write `config.json` + `model.safetensors` (HF layout) atomically: all or nothing at `path`."""
+def save_model(model: Llama, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
+    """Write `config.json` + `model.safetensors` (HF layout) atomically: all or nothing at `path`.
+
+    Weights are stored in `dtype` (default: the model's); borrowed or tied tensors are left out.
+    """
+    config = model.config
+    left_out = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if config.shares_target_embeddings:
+        left_out.add("embed_tokens.weight")
     path, tmp = atomic_directory(path)
     try:
-        (tmp / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2, sort_keys=True) + "\n")
-        state = {f"model.{k}" if k != "lm_head.weight" else k: v.detach().contiguous().cpu()
-                 for k, v in split_hf(model.state_dict(), model.config).items()
-                 if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
+        (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n")
+        state = {f"model.{k}" if k != "lm_head.weight" else k:
+                 (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+                 for k, v in split_hf(model.state_dict(), config).items() if k not in left_out}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         os.replace(tmp, path)
     except BaseException:

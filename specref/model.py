@@ -50,6 +50,11 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     eos_token_id: tuple[int, ...] = field(default_factory=tuple)
     bos_token_id: int | None = None
+    # A draft may predict only part of the vocabulary: lm_head then has this many rows, for the token ids in
+    # the `vocab_ids` buffer, and every other token gets logit -inf (probability 0).
+    head_vocab_size: int | None = None
+    # A draft may borrow the target's input embedding: its checkpoint then omits it.
+    shares_target_embeddings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -63,6 +68,10 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"config: head_dim must be even for RoPE, got {self.head_dim}")
+        if self.head_vocab_size is not None and not 1 <= self.head_vocab_size <= self.vocab_size:
+            raise ValueError(f"config: head_vocab_size must lie in [1, {self.vocab_size}], got {self.head_vocab_size}")
+        if self.head_vocab_size is not None and self.tie_word_embeddings:
+            raise ValueError("config: a reduced output vocabulary cannot be tied to the input embedding")
         kind = (self.rope_scaling or {}).get("rope_type", "default")
         if kind not in ("default", "linear", "llama3"):
             raise ValueError(f"config: rope scaling type {kind!r} is not supported (default, linear, llama3)")
@@ -107,6 +116,8 @@ class ModelConfig:
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                 eos_token_id=eos_ids,
                 bos_token_id=cfg.get("bos_token_id"),
+                head_vocab_size=cfg.get("specref_head_vocab_size"),
+                shares_target_embeddings=bool(cfg.get("specref_shares_target_embeddings", False)),
             )
         except KeyError as e:
             raise ValueError(f"config: required field {e.args[0]!r} is missing") from None
@@ -119,6 +130,8 @@ class ModelConfig:
         if qkv_bias and not o_bias:
             raise ValueError("q/k/v bias without o bias is Qwen2's layout; write it as a qwen2 config")
         eos = list(d.pop("eos_token_id"))
+        d["specref_head_vocab_size"], d["specref_shares_target_embeddings"] = (
+            d.pop("head_vocab_size"), d.pop("shares_target_embeddings"))
         return {**d, "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu",
                 "attention_bias": o_bias, "mlp_bias": False, "rope_parameters": rope,
                 "eos_token_id": eos[0] if len(eos) == 1 else (eos or None)}
@@ -252,9 +265,11 @@ class Llama(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.head_vocab_size or config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        ids = None if config.head_vocab_size is None else torch.arange(config.head_vocab_size)
+        self.register_buffer("vocab_ids", ids)  # token id of each lm_head row (None: all, in order)
         # Not a buffer: `.to(bfloat16)` would round the frequencies; kept in fp32, cast per (device, dtype).
         self._inv_freq: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
@@ -302,8 +317,16 @@ class Llama(nn.Module):
         if cache is not None:
             cache.advance(t)
         hidden = self.norm(x)
-        logits = self.lm_head(hidden) if return_logits else None
-        return Output(logits, hidden, tuple(captured[i] for i in layer_inputs))
+        return Output(self.logits(hidden) if return_logits else None, hidden,
+                      tuple(captured[i] for i in layer_inputs))
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Logits over the full vocabulary; tokens outside a reduced output vocabulary get -inf."""
+        head = self.lm_head(hidden)
+        if self.vocab_ids is None:
+            return head
+        full = head.new_full((*head.shape[:-1], self.config.vocab_size), float("-inf"))
+        return full.index_copy_(-1, self.vocab_ids, head)
 
 
 def random_model(config: ModelConfig, seed: int, *, dtype: torch.dtype = torch.float32, scale: float = 1.0,

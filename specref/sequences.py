@@ -7,13 +7,16 @@ distributed as autoregressive sampling keeps it so (the rest of a verified block
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+Stream = Callable[[list[int]], None]  # receives the tokens the first sequence commits, as they are committed
+
 
 class Sequences:
-    def __init__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: Sequence[int]) -> None:
+    def __init__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: Sequence[int],
+                 stream: Stream | None = None) -> None:
         self.prompt_lens = np.array([len(p) for p in prompts], dtype=np.int64)
         self.limits = self.prompt_lens + max_new_tokens
         self.tokens = np.zeros((len(prompts), int(self.limits.max())), dtype=np.int64)
@@ -22,6 +25,7 @@ class Sequences:
         self.lengths = self.prompt_lens.copy()
         self.active = np.ones(len(prompts), dtype=bool)
         self.eos = np.asarray(list(eos_token_ids), dtype=np.int64)
+        self.stream = stream
 
     def last(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The last k committed tokens of every sequence and their positions, both (B, k)."""
@@ -37,6 +41,8 @@ class Sequences:
         count = np.minimum(np.where(has_eos, is_eos.argmax(axis=1) + 1, count), self.limits - self.lengths)
         rows, cols = np.nonzero(np.arange(new.shape[1]) < count[:, None])
         self.tokens[rows, self.lengths[rows] + cols] = new[rows, cols]
+        if self.stream is not None and count[0]:
+            self.stream(new[0, : count[0]].tolist())
         self.lengths += count
         self.active &= ~has_eos & (self.lengths < self.limits)
         return count

@@ -28,7 +28,7 @@ from specref.checks import check_count, check_pair, check_request
 from specref.logits import GREEDY, SamplingParams, process_logits, sample
 from specref.model import Llama
 from specref.seeds import streams
-from specref.sequences import Sequences
+from specref.sequences import Sequences, Stream
 from specref.stats import Generation, Stats
 
 
@@ -45,7 +45,8 @@ def propose(logits: Tensor, params: SamplingParams, greedy_draft: bool,
 @torch.inference_mode()
 def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]], *, gamma: int,
                    max_new_tokens: int, params: SamplingParams = SamplingParams(), seed: int = 0,
-                   eos_token_ids: Sequence[int] = (), greedy_draft: bool = False) -> Generation:
+                   eos_token_ids: Sequence[int] = (), greedy_draft: bool = False,
+                   stream: Stream | None = None) -> Generation:
     """Continue every prompt once with the target's distribution, drafting `gamma` tokens a round."""
     check_count("gamma", gamma)
     check_pair(target.config, draft.config)
@@ -54,7 +55,7 @@ def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]]
     prompts = check_request(prompts, [target.config, draft.config], max_new_tokens, seed)
     start, stats = time.perf_counter(), Stats()
     generator, coin = streams(seed, target.device)
-    seqs = Sequences(prompts, max_new_tokens, eos_token_ids)
+    seqs = Sequences(prompts, max_new_tokens, eos_token_ids, stream)
     batch, capacity = len(prompts), int(seqs.limits.max()) + gamma + 1
     tcache, dcache = (m.new_cache(batch, capacity) for m in (target, draft))
     prefill(target, tcache, seqs)
@@ -96,8 +97,9 @@ def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]]
 
 def generate(target: Llama, draft: Llama, prompt_ids: Sequence[int], *, gamma: int, max_new_tokens: int,
              params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
-             eos_token_ids: Sequence[int] = (), greedy_draft: bool = False) -> Generation:
+             eos_token_ids: Sequence[int] = (), greedy_draft: bool = False,
+                   stream: Stream | None = None) -> Generation:
     """Sample `num_samples` continuations of `prompt_ids` from the target, drafting `gamma` tokens a round."""
     return generate_batch(target, draft, [list(prompt_ids)] * check_count("num_samples", num_samples),
                           gamma=gamma, max_new_tokens=max_new_tokens, params=params, seed=seed,
-                          eos_token_ids=eos_token_ids, greedy_draft=greedy_draft)
+                          eos_token_ids=eos_token_ids, greedy_draft=greedy_draft, stream=stream)

@@ -1,9 +1,10 @@
 """What a decoding run reports: the counts behind speculative decoding's speed-up.
 
-alpha = accepted / proposed drafts; tau = emitted tokens per verification round (tokens per target call for
-one sequence). Under i.i.d. acceptance with rate alpha and draft length gamma, E[tau] = (1 - alpha^(gamma+1))
-/ (1 - alpha), and the wall-time speed-up over autoregressive decoding is E[tau] / (gamma c + 1), c being the
-draft/target cost ratio (Leviathan et al. 2023, arXiv 2211.17192, §3.1-3.4).
+alpha = accepted / tried drafts, the per-position acceptance rate (a round tries drafts until the first
+rejection, so drafts after it are proposed but never tried); tau = emitted tokens per verification round
+(tokens per target call for one sequence). Under i.i.d. acceptance with rate alpha and draft length gamma,
+E[tau] = (1 - alpha^(gamma+1)) / (1 - alpha), and the wall-time speed-up over autoregressive decoding is
+E[tau] / (gamma c + 1), c being the draft/target cost ratio (Leviathan et al. 2023, arXiv 2211.17192, §3.1-3.4).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Stats:
     draft_calls: int = 0
     rounds: int = 0  # verification rounds summed over sequences (= target_calls for one sequence)
     proposed: int = 0
+    tried: int = 0  # drafts that met the acceptance test: accepted ones plus one rejection per early stop
     accepted: int = 0
     accept_hist: list[int] = field(default_factory=list)  # [n] = rounds that accepted exactly n drafts
     residual_fallbacks: int = 0  # rejections whose residual max(p - q, 0) had no mass (p used instead)
@@ -30,7 +32,7 @@ class Stats:
 
     @property
     def alpha(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
+        return self.accepted / self.tried if self.tried else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -48,6 +50,7 @@ class Stats:
             self.accept_hist += [0] * (proposed_per_row + 1 - len(self.accept_hist))
         self.rounds += len(accepted)
         self.proposed += proposed_per_row * len(accepted)
+        self.tried += sum(min(n + 1, proposed_per_row) for n in accepted)
         self.accepted += sum(accepted)
         for n in accepted:
             self.accept_hist[n] += 1
@@ -60,7 +63,7 @@ class Stats:
         line = (f"{self.new_tokens} tokens in {self.wall_time:.2f} s ({self.tokens_per_s:.1f} tok/s), "
                 f"{self.target_calls} target calls, tau {self.tau:.2f}")
         if self.proposed:
-            line += (f", alpha {self.alpha:.3f} ({self.accepted}/{self.proposed} drafts), "
+            line += (f", alpha {self.alpha:.3f} ({self.accepted} of {self.tried} tried drafts accepted), "
                      f"{self.draft_calls} draft calls")
         return line
 

@@ -68,12 +68,16 @@ def test_text_prompt_and_greedy_ar_agree_with_api(checkpoints, capsys):
     assert ar["text"][0] == tokenizer.decode(api[0], skip_special_tokens=True)
 
 
-def test_text_output_and_bare_run():
-    res = run_cli("--max-new-tokens", "5")
+def test_text_output_streams_then_prints_stats(checkpoints):
+    target, draft = checkpoints
+    res = run_cli("the cat", "--target", str(target), "--draft", str(draft), "--max-new-tokens", "6", "--temperature",
+                  "1", "--seed", "3")
     assert res.returncode == 0, res.stderr
-    lines = res.stdout.strip().splitlines()
-    assert len(lines[0].split()) == 5 and "tokens in" in lines[1]
-    assert "tiny random model pair" in res.stderr
+    text, stats = res.stdout.rstrip("\n").rsplit("\n", 1)
+    record = json.loads(run_cli("the cat", "--target", str(target), "--draft", str(draft), "--max-new-tokens", "6",
+                                "--temperature", "1", "--seed", "3", "--output", "json").stdout)
+    assert text == record["text"][0]
+    assert stats.startswith("[sps]") and "tok/s" in stats and "alpha" in stats
 
 
 BAD = [
@@ -106,21 +110,21 @@ def test_bad_arguments_fail_before_loading_weights(checkpoints, monkeypatch, kwa
 def test_bad_checkpoints(tmp_path, checkpoints):
     target, _ = checkpoints
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        CLI().generate(target=str(tmp_path / "nope"), method="ar", prompt_ids="1")
+        CLI().generate(target=str(tmp_path / "nope"), method="ar", prompt_ids="1", max_new_tokens=8)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        CLI().generate(target=str(tmp_path / "bad"), method="ar", prompt_ids="1")
+        CLI().generate(target=str(tmp_path / "bad"), method="ar", prompt_ids="1", max_new_tokens=8)
     other = tmp_path / "other_vocab"
     save_model(random_model(tiny_config(vocab=32), seed=3), other)
     with pytest.raises(ValueError, match="vocab size"):
-        CLI().generate(target=str(target), draft=str(other), prompt_ids="1")
+        CLI().generate(target=str(target), draft=str(other), prompt_ids="1", max_new_tokens=8)
     truncated = tmp_path / "truncated"
     save_model(random_model(tiny_config(vocab=len(WORDS)), seed=3), truncated)
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(ValueError, match="corrupt or truncated"):
-        CLI().generate(target=str(truncated), method="ar", prompt_ids="1")
+        CLI().generate(target=str(truncated), method="ar", prompt_ids="1", max_new_tokens=8)
 
 
 def test_error_exit_code_and_message(checkpoints):

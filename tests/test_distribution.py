@@ -68,3 +68,25 @@ def test_sps_acceptance_is_informative(pair):
     other = generate_sps(target, draft, PROMPT, gamma=3, max_new_tokens=12, params=SamplingParams(1.0),
                          seed=1, num_samples=200)
     assert 0.0 < other.stats.alpha < 0.9
+
+
+def test_sps_with_reduced_vocabulary_draft_matches_exact_law(pair):
+    """A draft that can only propose 5 of the 8 tokens (q = 0 elsewhere) is still lossless."""
+    import torch
+    from conftest import tiny_config
+
+    from specref import random_model
+
+    draft = random_model(tiny_config(hidden=8, layers=1, heads=2, kv_heads=2, head_vocab_size=5), seed=13,
+                         dtype=torch.float64, scale=3.0)
+    draft.vocab_ids.copy_(torch.tensor([0, 2, 3, 5, 6]))
+    params = SamplingParams(0.9, top_k=6)
+    out = generate_sps(pair[0], draft, PROMPT, gamma=3, max_new_tokens=LENGTH, params=params, seed=4, num_samples=N)
+    assert out.stats.accepted > 0
+    assert g_test(out.token_ids, exact_law(pair[0], PROMPT, LENGTH, params), LENGTH) > ALPHA_TEST
+
+
+def test_same_seed_same_samples_different_seed_different_samples(pair):
+    run = lambda seed: generate_sps(pair[0], pair[1], PROMPT, gamma=2, max_new_tokens=6,  # noqa: E731
+                                    params=SamplingParams(1.0), seed=seed, num_samples=50).token_ids
+    assert run(7) == run(7) and run(7) != run(8)

