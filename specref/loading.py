@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import Tensor
 
 from specref.model import Llama, ModelConfig, fuse_hf, split_hf
@@ -69,7 +69,9 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         if not f.is_file():
             raise FileNotFoundError(f"shard {f} listed in the index is missing")
         try:
-            weights.update(load_file(f))
+            # Read into memory rather than mmap: one surviving tensor (a tied embedding, say) would keep the
+            # whole mapped file resident after the other weights are packed or fused and dropped.
+            weights.update(load(f.read_bytes()))
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{f} is corrupt or truncated: {e}") from None
     return weights
@@ -77,8 +79,13 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
 
 def build_model(config: ModelConfig, weights: dict[str, Any], *, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu") -> Llama:
-    """A `Llama` holding exactly `weights` (HF names, `model.` prefix optional), checked name by name."""
-    state = {k.removeprefix("model."): v for k, v in weights.items() if not k.endswith(IGNORED_SUFFIXES)}
+    """A `Llama` holding exactly `weights` (HF names, `model.` prefix optional), checked name by name.
+
+    Takes the tensors out of `weights` (the dict is left empty), so that memory is not held twice while
+    q/k/v and gate/up are fused.
+    """
+    state = {k.removeprefix("model."): weights.pop(k) for k in list(weights)}
+    state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
@@ -94,7 +101,10 @@ def build_model(config: ModelConfig, weights: dict[str, Any], *, dtype: torch.dt
         if tuple(state[name].shape) != tuple(shape):
             raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, the config implies "
                              f"{tuple(shape)}")
-    state = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in fuse_hf(state).items()}
+    state = fuse_hf(state)
+    for k in list(state):
+        v = state[k]
+        state[k] = v.to(device, dtype) if v.is_floating_point() else v.to(device)
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

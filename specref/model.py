@@ -143,14 +143,16 @@ FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_at
 
 
 def fuse_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """HF-named tensors (no `model.` prefix) -> specref's names, concatenating each fused group."""
-    out = dict(state)
+    """HF-named tensors (no `model.` prefix) -> specref's names, concatenating each fused group.
+
+    Works in place on `state` (and returns it), so each group's parts are freed as soon as they are joined.
+    """
     for key in list(state):
         for fused, parts in FUSED.items():
             head, sep, kind = key.partition(f".{parts[0]}.")
             if sep and all(f"{head}.{part}.{kind}" in state for part in parts):
-                out[f"{head}.{fused}.{kind}"] = torch.cat([out.pop(f"{head}.{part}.{kind}") for part in parts])
-    return out
+                state[f"{head}.{fused}.{kind}"] = torch.cat([state.pop(f"{head}.{part}.{kind}") for part in parts])
+    return state
 
 
 def split_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
