@@ -15,7 +15,6 @@ Greedy outputs of every row are compared token by token.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,14 +35,26 @@ from specref.logits import SamplingParams
 from specref.model import Llama
 from specref.prompts import encode, load_prompts
 
+PEAK_PROBE = """
+import sys
+from specref.cli import main
+try:
+    main()
+finally:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
+    print("VmHWM", hwm[0].split()[1] if hwm else "nan", file=sys.stderr)
+"""
+
 
 def generate_peak_rss_gb(prompt: str, max_new_tokens: int, device: str) -> float:
-    """Peak resident memory of a separate `python -m specref generate` run on the default pair (this process
-    also holds the HF models, so its own peak would overstate specref's)."""
-    cmd = [sys.executable, "-m", "specref", "generate", prompt, "--max-new-tokens", str(max_new_tokens),
-           "--device", device, "--output", "json"]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    """Peak resident memory (Linux VmHWM) of a separate `specref generate` run on the default pair.
+
+    Measured inside the child: rusage would report the forked copy of this process, which holds the HF models.
+    """
+    args = ["generate", prompt, "--max-new-tokens", str(max_new_tokens), "--device", device, "--output", "json"]
+    res = subprocess.run([sys.executable, "-c", PEAK_PROBE, *args], check=True, capture_output=True, text=True)
+    kib = res.stderr.strip().splitlines()[-1].split()[-1]
+    return float(kib) / 2**20
 
 
 def predicted_speedup(alpha: float, gamma: int, c: float) -> float:
@@ -80,7 +91,7 @@ def weight_read_floor(model: Llama) -> tuple[float, float]:
     return size / bandwidth, bandwidth / 1e9
 
 
-def bench(out: str = "bench_out", *, prompts: int = 6, max_new_tokens: int = 128, repeats: int = 3,
+def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
           gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: tuple[float, ...] = (0.0, 1.0),
           device: str = "cpu", pack: bool = True, seed: int = 0) -> dict[str, Any]:
     from transformers import LlamaForCausalLM

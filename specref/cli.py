@@ -77,7 +77,7 @@ class CLI:
     """specref: lossless speculative decoding, a readable reference."""
 
     def generate(self, prompt: str | None = None, *, target: str | None = None, draft: str | None = None,
-                 method: str = "sps", gamma: int = 4, max_new_tokens: int = 128, temperature: float = 0.0,
+                 method: str = "sps", gamma: int = 3, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
                  dtype: str = "float32", prompt_ids: Any = None, num_samples: int = 1, output: str = "text",
                  greedy_draft: bool = False, raw: bool = False, pack: bool = True) -> None:
@@ -156,7 +156,7 @@ class CLI:
             print()
         print(f"[{method}] {result.stats.summary()}")
 
-    def bench(self, out: str = "bench_out", *, prompts: int = 6, max_new_tokens: int = 128, repeats: int = 3,
+    def bench(self, out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
               gammas: Any = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: Any = (0.0, 1.0), device: str = "cpu",
               pack: bool = True, seed: int = 0) -> None:
         """Time HF generate(), specref AR, specref SpS (each --gammas) and HF assisted generation on the default
@@ -177,8 +177,8 @@ class CLI:
               temperatures=temps, device=str(resolve_device(device)), pack=pack, seed=seed)
 
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
-                    vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 3,
-                    lr: float = 1e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
+                    vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
+                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
                     eval_prompts: int = 60) -> None:
         """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
 

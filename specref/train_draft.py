@@ -153,9 +153,9 @@ def evaluate(target: Llama, draft: Llama, prompts: list[list[int]], gamma: int, 
 
 
 def train_draft(out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
-                vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 3,
-                lr: float = 1e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
-                train_prompts: int | None = None, eval_prompts: int = 60) -> dict[str, Any]:
+                vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
+                lr: float = 2e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
+                train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128) -> dict[str, Any]:
     from specref.default_model import resolve_target
 
     started = time.time()
@@ -163,6 +163,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
     target_dir = resolve_target(target)
     tok = load_tokenizer(target_dir)
     tgt = load_model(target_dir)
+    top_k = min(top_k, tgt.config.vocab_size)
     work = Path(work_dir or Path(out).with_name(Path(out).name + ".work"))
     work.mkdir(parents=True, exist_ok=True)
     prompts = [encode(tok, p) for p in load_prompts("train")[:train_prompts]]
@@ -231,11 +232,13 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
 
     print("4/4 evaluating on held-out prompts (greedy SpS, gamma 4)", file=sys.stderr)
     draft.eval()
-    result = evaluate(tgt, draft, heldout, gamma=4, max_new_tokens=128)
+    result = evaluate(tgt, draft, heldout, gamma=4, max_new_tokens=eval_new_tokens)
     result.update({"layers": layers, "vocab": len(vocab_ids), "vocab_coverage": coverage,
                    "train_sequences": len(data), "train_tokens": int(sum(len(d[0]) for d in data)),
                    "train_answer_tokens": int(sum(len(d[0]) - 1 - d[3] for d in data)), "steps": total,
-                   "epochs": epochs, "final_loss": float(np.mean(losses[-50:])) if losses else None,
+                   "epochs": epochs, "lr": lr, "batch_tokens": batch_tokens, "samples_per_prompt": samples,
+                   "max_new_tokens": max_new_tokens, "top_k": top_k,
+                   "final_loss": float(np.mean(losses[-50:])) if losses else None,
                    "seconds": round(time.time() - started, 1), "seed": seed})
     save_model(draft, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")

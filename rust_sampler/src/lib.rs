@@ -169,6 +169,36 @@ mod python {
         })
     }
 
+    /// Borrows p, q and the draft tokens in place and checks their shapes (`batched`: a leading batch
+    /// axis).
+    #[allow(clippy::type_complexity)]
+    fn borrow_inputs<'py>(
+        p: &Bound<'py, PyAny>,
+        q: &Bound<'py, PyAny>,
+        draft_tokens: &Bound<'py, PyAny>,
+        batched: bool,
+    ) -> Result<
+        (
+            BorrowedProbs<'py>,
+            BorrowedProbs<'py>,
+            PyReadonlyArrayDyn<'py, i64>,
+        ),
+        SamplerError,
+    > {
+        let (p, q, draft) = (
+            borrow_probs("p", p)?,
+            borrow_probs("q", q)?,
+            borrow_tokens(draft_tokens)?,
+        );
+        chain::check_shapes(
+            batched,
+            p.view().shape(),
+            q.view().shape(),
+            draft.as_array().shape(),
+        )?;
+        Ok((p, q, draft))
+    }
+
     fn parse_flaw(flaw: Option<&str>) -> Result<Flaw, SamplerError> {
         flaw.map_or(Ok(Flaw::None), str::parse)
     }
@@ -243,13 +273,8 @@ mod python {
         flaw: Option<&str>,
     ) -> PyResult<Outcomes<'py>> {
         let flaw = parse_flaw(flaw)?;
-        let (p, q, draft) = (
-            borrow_probs("p", p)?,
-            borrow_probs("q", q)?,
-            borrow_tokens(draft_tokens)?,
-        );
+        let (p, q, draft) = borrow_inputs(p, q, draft_tokens, true)?;
         let (p, q, draft) = (p.view(), q.view(), draft.as_array());
-        chain::check_shapes(true, p.shape(), q.shape(), draft.shape())?;
         let (p, q) = (p.into_dim::<Ix3>("p")?, q.into_dim::<Ix3>("q")?);
         let draft = fixed_dim::<_, Ix2>("draft_tokens", draft)?;
         let rng = &mut coin.0;
@@ -282,13 +307,8 @@ mod python {
         flaw: Option<&str>,
     ) -> PyResult<Vec<(usize, usize, bool, f64)>> {
         let flaw = parse_flaw(flaw)?;
-        let (p, q, draft) = (
-            borrow_probs("p", p)?,
-            borrow_probs("q", q)?,
-            borrow_tokens(draft_tokens)?,
-        );
+        let (p, q, draft) = borrow_inputs(p, q, draft_tokens, false)?;
         let (p, q, draft) = (p.view(), q.view(), draft.as_array());
-        chain::check_shapes(false, p.shape(), q.shape(), draft.shape())?;
         let (p, q) = (p.into_dim::<Ix2>("p")?, q.into_dim::<Ix2>("q")?);
         let draft = fixed_dim::<_, Ix1>("draft_tokens", draft)?.to_vec();
         let law = guarded(py, || chain::exact_law(&p, &q, &draft, flaw))?;
