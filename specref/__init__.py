@@ -7,6 +7,12 @@
     out.token_ids, out.stats.alpha, out.stats.tau
 """
 
+from pkgutil import extend_path
+
+# Run from a source checkout after a non-editable `pip install .`, Python imports this directory, which has
+# no compiled `_sampler`; extending the package path lets it come from the installed copy.
+__path__ = extend_path(__path__, __name__)
+
 from specref.autoregressive import generate as generate_ar
 from specref.loading import load_model, load_tokenizer, save_model
 from specref.logits import SamplingParams, process_logits
