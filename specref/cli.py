@@ -205,7 +205,7 @@ def main() -> None:
     import fire
 
     try:
-        fire.Fire(CLI, name="specref")
+        fire.Fire(CLI(), name="specref")
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"specref: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -98,7 +98,7 @@ def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]]
 def generate(target: Llama, draft: Llama, prompt_ids: Sequence[int], *, gamma: int, max_new_tokens: int,
              params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
              eos_token_ids: Sequence[int] = (), greedy_draft: bool = False,
-                   stream: Stream | None = None) -> Generation:
+             stream: Stream | None = None) -> Generation:
     """Sample `num_samples` continuations of `prompt_ids` from the target, drafting `gamma` tokens a round."""
     return generate_batch(target, draft, [list(prompt_ids)] * check_count("num_samples", num_samples),
                           gamma=gamma, max_new_tokens=max_new_tokens, params=params, seed=seed,
