@@ -6,6 +6,7 @@ Rows, all on the same held-out prompts (chat template, batch 1) and settings:
   specref SpS    speculative sampling with the shipped draft, gamma = 1..8
   HF assisted    `generate(assistant_model=...)` with the same draft exported as a `LlamaForCausalLM` (HF has
                  no reduced-vocabulary head, so its draft computes all 49,152 output rows)
+  specref EAGLE  tree speculation with the shipped EAGLE head, for each tree of --trees
 Each row reports tokens/s (median of the repeats), the speed-up over specref AR and over HF AR, alpha, tau,
 and beside the measured SpS speed-up the one predicted from alpha and the cost ratio c = draft step time /
 target step time (Leviathan et al. 2023, §3.4): (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)).
@@ -27,13 +28,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from specref import autoregressive, sps
+from specref import autoregressive, eagle_decode, sps
 from specref.cpu import pack_linears
-from specref.default_model import default_draft_dir, default_target_dir
+from specref.default_model import default_draft_dir, default_head_dir, default_target_dir
+from specref.eagle import load_head
 from specref.loading import load_draft, load_model, load_tokenizer, save_model
 from specref.logits import SamplingParams
 from specref.model import Llama
 from specref.prompts import encode, load_prompts
+from specref.tree import TreeSpec, describe, parse_tree
 
 PEAK_PROBE = """
 import sys
@@ -64,15 +67,16 @@ def predicted_speedup(alpha: float, gamma: int, c: float) -> float:
 
 
 @torch.inference_mode()
-def step_time(model: Llama, device: torch.device, repeats: int = 30) -> float:
-    """Median seconds of one decoding step (one new token over a 128-token cache)."""
+def step_time(model: Llama, device: torch.device, tokens: int = 1, repeats: int = 30) -> float:
+    """Median seconds of one forward of `tokens` new tokens over a 128-token cache (1: a decoding step; more:
+    a verification of that many drafted tokens, which costs the same under any mask)."""
     cache = model.new_cache(1, 256)
     model(torch.arange(128, device=device)[None], torch.arange(128, device=device)[None], cache)
-    ids, times = torch.tensor([[5]], device=device), []
+    ids, pos, times = torch.full((1, tokens), 5, device=device), 128 + torch.arange(tokens, device=device)[None], []
     for _ in range(repeats + 3):
         cache.keep(torch.tensor([128]))
         t = time.perf_counter()
-        model(ids, torch.tensor([[128]], device=device), cache)
+        model(ids, pos, cache)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -91,9 +95,14 @@ def weight_read_floor(model: Llama) -> tuple[float, float]:
     return size / bandwidth, bandwidth / 1e9
 
 
+GROUPS = ("sps", "assisted", "eagle")
+
+
 def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
           gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: tuple[float, ...] = (0.0, 1.0),
-          device: str = "cpu", pack: bool = True, seed: int = 0) -> dict[str, Any]:
+          device: str = "cpu", pack: bool = True, seed: int = 0, trees: tuple[str, ...] = ("dynamic", "static"),
+          groups: tuple[str, ...] = GROUPS) -> dict[str, Any]:
+    """Time the rows of `groups` (sps, assisted, eagle) beside the baselines HF AR and specref AR."""
     from transformers import LlamaForCausalLM
 
     dev = torch.device(device)
@@ -107,6 +116,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
 
     target = load_model(target_dir, device=dev)
     draft = load_draft(draft_dir, target)
+    head = load_head(default_head_dir(), target)
+    tree_specs = [parse_tree(t, dev.type) for t in trees] if "eagle" in groups else []
     with tempfile.TemporaryDirectory() as tmp:  # the draft as a plain HF checkpoint, full output head
         full = load_model(target_dir)
         hf_draft_model = Llama(replace(full.config, num_hidden_layers=draft.config.num_hidden_layers))
@@ -119,17 +130,22 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
         hf_draft = LlamaForCausalLM.from_pretrained(Path(tmp) / "draft", dtype=torch.float32).to(dev).eval()
     floor, bandwidth = weight_read_floor(target)  # before packing: packed weights are no parameters
     if pack:
-        pack_linears(target)
-        pack_linears(draft)
+        for model in (target, draft, head):
+            pack_linears(model)
     c = step_time(draft, dev) / step_time(target, dev)
 
-    def specref_run(gamma: int | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
+    def specref_run(method: int | TreeSpec | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
+        """AR (None), SpS (gamma) or EAGLE (a tree) over the prompts."""
         outs, tokens, seconds, accepted, tried, rounds = [], 0, 0.0, 0, 0, 0
         for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):  # rep -1: a short warm-up
             kw = {"max_new_tokens": max_new_tokens if rep >= 0 else 16, "params": params,
                   "seed": seed + 100 * (rep + 1) + i, "eos_token_ids": eos}
-            g = (autoregressive.generate(target, ids, **kw) if gamma is None
-                 else sps.generate(target, draft, ids, gamma=gamma, **kw))
+            if method is None:
+                g = autoregressive.generate(target, ids, **kw)
+            elif isinstance(method, TreeSpec):
+                g = eagle_decode.generate(target, head, ids, tree=method, **kw)
+            else:
+                g = sps.generate(target, draft, ids, gamma=method, **kw)
             outs.append(g.token_ids[0])
             tokens, seconds = tokens + g.stats.new_tokens, seconds + g.stats.wall_time
             accepted, tried = accepted + g.stats.accepted, tried + g.stats.tried
@@ -161,11 +177,14 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     for temp in temperatures:
         rows += [("HF AR", temp, lambda p, r: hf_run(None, p, r)),
                  ("specref AR", temp, lambda p, r: specref_run(None, p, r))]
-        rows += [(f"specref SpS gamma={g}", temp, lambda p, r, g=g: specref_run(g, p, r)) for g in gammas]
-        rows += [("HF assisted (HF defaults)", temp, lambda p, r: hf_run(hf_draft, p, r))]
-        rows += [(f"HF assisted gamma={g}", temp, lambda p, r, g=g: hf_run(
-            hf_draft, p, r, num_assistant_tokens=g, num_assistant_tokens_schedule="constant",
-            assistant_confidence_threshold=0.0)) for g in (4,) if g in gammas]
+        if "sps" in groups:
+            rows += [(f"specref SpS gamma={g}", temp, lambda p, r, g=g: specref_run(g, p, r)) for g in gammas]
+        if "assisted" in groups:
+            rows += [("HF assisted (HF defaults)", temp, lambda p, r: hf_run(hf_draft, p, r))]
+            rows += [(f"HF assisted gamma={g}", temp, lambda p, r, g=g: hf_run(
+                hf_draft, p, r, num_assistant_tokens=g, num_assistant_tokens_schedule="constant",
+                assistant_confidence_threshold=0.0)) for g in (4,) if g in gammas]
+        rows += [(f"specref EAGLE {describe(t)}", temp, lambda p, r, t=t: specref_run(t, p, r)) for t in tree_specs]
     results, greedy_outputs = [], {}
     with tqdm(total=len(rows) * repeats, desc="bench", unit="run") as bar:
         for name, temp, fn in rows:

@@ -9,18 +9,20 @@ from typing import Any
 
 import torch
 
-from specref import autoregressive, sps
+from specref import autoregressive, eagle_decode, sps
 from specref.checks import check_count, check_pair, check_request
 from specref.cpu import pack_linears
-from specref.default_model import DEFAULT_TARGET, default_draft_dir, resolve_target
+from specref.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
+from specref.eagle import load_head
 from specref.loading import build_model, load_draft, load_tokenizer, read_config, read_weights
 from specref.logits import SamplingParams
 from specref.prompts import encode
+from specref.tree import parse_tree, tree_for
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
-METHODS = ("ar", "sps")
+METHODS = ("ar", "sps", "eagle")
 
 
 class TextStream:
@@ -47,6 +49,17 @@ def check_tokenizers(target: Any, draft: Any) -> None:
         raise ValueError("the draft's tokenizer differs from the target's: the two models must share one vocabulary")
 
 
+def check_training(*, seed: int, train_prompts: int | None, lr: float, **counts: int) -> None:
+    """The arguments train-draft and train-eagle share: counts >= 1, seed >= 0, lr > 0."""
+    for name, value in counts.items():
+        check_count(name, value)
+    check_count("seed", seed, minimum=0)
+    if train_prompts is not None:
+        check_count("train_prompts", train_prompts)
+    if not (isinstance(lr, int | float) and lr > 0):
+        raise ValueError(f"--lr must be > 0, got {lr!r}")
+
+
 def parse_ids(value: Any) -> list[int]:
     """`--prompt-ids 1,2,3` reaches us as a tuple, an int or a string, depending on how fire parsed it."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -61,6 +74,12 @@ def parse_ids(value: Any) -> list[int]:
         return [int(s) for s in items]
     except (TypeError, ValueError):
         raise ValueError(f"--prompt-ids must be comma-separated integers, got {value!r}") from None
+
+
+def comma_list(value: Any) -> list[str]:
+    """A list option as fire hands it over: a tuple or list, or one comma-separated string."""
+    items = value if isinstance(value, tuple | list) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -80,17 +99,25 @@ class CLI:
                  method: str = "sps", gamma: int = 3, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
                  dtype: str = "float32", prompt_ids: Any = None, num_samples: int = 1, output: str = "text",
-                 greedy_draft: bool = False, raw: bool = False, pack: bool = True) -> None:
+                 greedy_draft: bool = False, raw: bool = False, pack: bool = True, eagle: str | None = None,
+                 tree: str = "dynamic", choices: Any = "eagle", total_tokens: int | None = None,
+                 depth: int | None = None, tree_top_k: int | None = None) -> None:
         """Continue PROMPT (text) or --prompt-ids with the target, speculatively drafted by --draft.
 
         Without --target the embedded default pair runs: SmolLM2-135M-Instruct and its shipped draft.
-        --method ar|sps; --gamma: drafts per round; --temperature 0 is greedy; --top-k 0 and --top-p 1 disable
-        the filters; --num-samples N draws N independent continuations; --output text|json; --raw skips the
-        chat template; --greedy-draft: the draft proposes its argmax (verified with a one-hot q: lossless);
+        --method ar|sps|eagle; --gamma: drafts per round; --temperature 0 is greedy; --top-k 0 and --top-p 1
+        disable the filters; --num-samples N draws N independent continuations; --output text|json; --raw skips
+        the chat template; --greedy-draft: the draft proposes its argmax (verified with a one-hot q: lossless);
         --nopack keeps PyTorch's default CPU matrix products instead of oneDNN's packed ones.
+        EAGLE: --eagle DIR (an EAGLE-1/2, HASS or EAGLE-3 head; default: the shipped head of the default target),
+        --tree dynamic|static; static trees: --choices eagle (EAGLE's default, 25 paths) | medusa (Medusa's
+        63 nodes) | a JSON file of paths; dynamic trees (EAGLE-2): --total-tokens, --depth, --tree-top-k
+        (defaults per device: `python -m specref calibrate` measures them).
         """
         # Every argument is checked before any weights are read.
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+        dev = resolve_device(device)
+        tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k)
         check_count("gamma", gamma)
         check_count("num_samples", num_samples)
         if method not in METHODS:
@@ -103,7 +130,6 @@ class CLI:
             raise ValueError("give either a text prompt or --prompt-ids, not both")
         if prompt == "":
             raise ValueError("prompt is empty")
-        dev = resolve_device(device)
         ids = parse_ids(prompt_ids) if prompt_ids is not None else None
         if prompt is None and ids is None:
             prompt = DEFAULT_PROMPT
@@ -111,11 +137,15 @@ class CLI:
 
         default_pair = target is None or target == DEFAULT_TARGET
         target_dir = resolve_target(target)
-        draft_dir = None
+        draft_dir = head_dir = None
         if method == "sps":
             if draft is None and not default_pair:
                 raise ValueError("--method sps needs --draft for a --target checkpoint (or use --method ar)")
             draft_dir = Path(draft) if draft is not None else default_draft_dir()
+        if method == "eagle":
+            if eagle is None and not default_pair:
+                raise ValueError("--method eagle needs --eagle (a head directory) for a --target checkpoint")
+            head_dir = Path(eagle) if eagle is not None else default_head_dir()
         tgt_config = read_config(target_dir)
         tokenizer = load_tokenizer(target_dir)
         if draft_dir is not None:
@@ -129,8 +159,9 @@ class CLI:
 
         tgt = build_model(tgt_config, read_weights(target_dir), dtype=DTYPES[dtype], device=dev)
         drf = load_draft(draft_dir, tgt) if draft_dir is not None else None
+        head = load_head(head_dir, tgt) if head_dir is not None else None
         if pack:
-            for model in (tgt, drf):
+            for model in (tgt, drf, head):
                 if model is not None:
                     pack_linears(model)
         stream = None
@@ -138,10 +169,12 @@ class CLI:
             stream = TextStream(tokenizer)
         run = {"max_new_tokens": max_new_tokens, "params": params, "seed": seed, "num_samples": num_samples,
                "eos_token_ids": tgt.config.eos_token_id, "stream": stream}
-        if drf is None:
-            result = autoregressive.generate(tgt, ids, **run)
-        else:
+        if head is not None:
+            result = eagle_decode.generate(tgt, head, ids, tree=tree_spec, **run)
+        elif drf is not None:
             result = sps.generate(tgt, drf, ids, gamma=gamma, greedy_draft=greedy_draft, **run)
+        else:
+            result = autoregressive.generate(tgt, ids, **run)
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in result.token_ids] if tokenizer else None
         if output == "json":
             record: dict[str, Any] = {"token_ids": result.token_ids, "stats": result.stats.as_dict()}
@@ -158,10 +191,13 @@ class CLI:
 
     def bench(self, out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
               gammas: Any = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: Any = (0.0, 1.0), device: str = "cpu",
-              pack: bool = True, seed: int = 0) -> None:
-        """Time HF generate(), specref AR, specref SpS (each --gammas) and HF assisted generation on the default
-        pair, in one run on the held-out prompts; print the table, write OUT/bench.json and OUT/bench.png."""
-        from specref.bench import bench
+              pack: bool = True, seed: int = 0, trees: Any = ("dynamic", "static"),
+              groups: Any = ("sps", "assisted", "eagle")) -> None:
+        """Time HF generate(), specref AR, specref SpS (each --gammas), HF assisted generation and specref EAGLE
+        (each --trees: dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa) on the default pair, in one
+        run on the held-out prompts; --groups picks among sps,assisted,eagle. Prints the table, writes
+        OUT/bench.json and OUT/bench.png."""
+        from specref.bench import GROUPS, bench
 
         for name, value in (("prompts", prompts), ("max_new_tokens", max_new_tokens), ("repeats", repeats)):
             check_count(name, value)
@@ -169,12 +205,28 @@ class CLI:
         gammas = tuple(parse_ids(gammas))
         for g in gammas:
             check_count("gammas", g)
-        temps = tuple(float(t) for t in (temperatures if isinstance(temperatures, tuple | list) else
-                                         str(temperatures).split(",")))
+        temps = tuple(float(t) for t in comma_list(temperatures))
         for t in temps:
             SamplingParams(temperature=t)
+        dev = resolve_device(device)
+        tree_list = tuple(comma_list(trees))
+        for t in tree_list:
+            parse_tree(t, dev.type)
+        group_list = tuple(comma_list(groups))
+        if not set(group_list) <= set(GROUPS):
+            raise ValueError(f"--groups must be among {','.join(GROUPS)}, got {groups!r}")
         bench(out, prompts=prompts, max_new_tokens=max_new_tokens, repeats=repeats, gammas=gammas,
-              temperatures=temps, device=str(resolve_device(device)), pack=pack, seed=seed)
+              temperatures=temps, device=str(dev), pack=pack, seed=seed, trees=tree_list, groups=group_list)
+
+    def calibrate(self, out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
+                  pack: bool = True) -> None:
+        """Measure target and head costs by tree size, then greedy EAGLE tokens/s for a grid of dynamic trees
+        on held-out prompts; print the fastest (the per-device defaults come from this). OUT: a JSON file."""
+        from specref.calibrate import calibrate
+
+        check_count("prompts", prompts)
+        check_count("max_new_tokens", max_new_tokens)
+        calibrate(out, prompts=prompts, max_new_tokens=max_new_tokens, device=str(resolve_device(device)), pack=pack)
 
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                     vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
@@ -186,18 +238,34 @@ class CLI:
         """
         from specref.train_draft import train_draft
 
-        for name, value in (("layers", layers), ("vocab", vocab), ("samples", samples), ("epochs", epochs),
-                            ("max_new_tokens", max_new_tokens), ("batch_tokens", batch_tokens),
-                            ("eval_prompts", eval_prompts)):
-            check_count(name, value)
-        check_count("seed", seed, minimum=0)
-        if train_prompts is not None:
-            check_count("train_prompts", train_prompts)
-        if not lr > 0:
-            raise ValueError(f"--lr must be > 0, got {lr!r}")
+        check_count("layers", layers)
+        check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
+                       batch_tokens=batch_tokens, eval_prompts=eval_prompts, seed=seed, train_prompts=train_prompts,
+                       lr=lr)
         result = train_draft(out, target=target, work_dir=work_dir, layers=layers, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts)
+        print(json.dumps(result, indent=2))
+
+    def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
+                    vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 6,
+                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
+                    eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
+                    depth: int | None = None, tree_top_k: int | None = None) -> None:
+        """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
+
+        Shares the draft's data: point --work-dir at a train-draft work directory to reuse its generated text.
+        """
+        from specref.train_eagle import train_eagle
+
+        tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # evaluated on the CPU
+        check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
+                       batch_tokens=batch_tokens, eval_prompts=eval_prompts, unroll=unroll, seed=seed,
+                       train_prompts=train_prompts, lr=lr)
+        result = train_eagle(out, target=target, work_dir=work_dir, kind=kind, vocab=vocab, samples=samples,
+                             max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
+                             unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
+                             tree=tree_spec)
         print(json.dumps(result, indent=2))
 
 

@@ -31,6 +31,7 @@ CACHE_NAME = "smollm2-135m-instruct"
 MANIFEST = "specref-manifest.json"
 FORMAT_VERSION = 1
 DRAFT_DIR = Path(__file__).parent / "data" / "draft"
+HEAD_DIR = Path(__file__).parent / "data" / "eagle"
 
 
 def cache_root() -> Path:
@@ -112,6 +113,14 @@ def default_draft_dir() -> Path:
     if not (DRAFT_DIR / "config.json").is_file():
         raise FileNotFoundError(f"no default draft at {DRAFT_DIR}; train one with: python -m specref train-draft OUT")
     return DRAFT_DIR
+
+
+def default_head_dir() -> Path:
+    """The EAGLE head trained by `specref train-eagle` for the default target, shipped inside the package."""
+    if not (HEAD_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"no default EAGLE head at {HEAD_DIR}; train one with: "
+                                "python -m specref train-eagle OUT")
+    return HEAD_DIR
 
 
 def resolve_target(target: str | None) -> Path:

@@ -34,23 +34,23 @@ class KVCache:
         return self.k.shape[3]
 
     def attention_mask(self, mask: Tensor) -> Tensor | None:
-        """Start a forward of q new tokens: (B, 1, q, span) visibility from the new tokens' mask (B or 1, q, q).
+        """Start a forward of q new tokens: their (B, 1, q, span) visibility over the cache rows.
 
-        Sets the rows the new tokens will be written to; `write` uses them for every layer. Returns None when
-        every row is visible (one sequence, one new token), which lets attention skip the mask.
+        `mask` (B or 1, q, k), k >= q, says which of the last k rows each new token sees: the rows
+        [n_b + q - k, n_b) that an earlier forward appended without committing (draft-tree levels), then the
+        q new rows [n_b, n_b + q). Every row before them is visible. Sets the rows `write` fills for every
+        layer. Returns None when all rows are visible (one sequence, one new token): attention skips the mask.
         """
-        q = mask.shape[-1]
+        q, k = mask.shape[-2], mask.shape[-1]
         self._span = int(self.lengths.max()) + q
         if self._span > self.max_len:
             raise ValueError(f"KV cache overflow: {self._span} rows needed, {self.max_len} allocated")
-        rows = torch.arange(self._span, device=self.k.device)
-        rel = rows - self.lengths[:, None]  # (B, span): row index relative to the first new row
         self._new = self.lengths[:, None] + torch.arange(q, device=self.k.device)
-        if q == 1 and len(self.lengths) == 1:
+        if k == 1 and len(self.lengths) == 1:
             return None
-        new_part = mask.expand(len(self.lengths), q, q).gather(
-            2, rel.clamp(0, q - 1)[:, None, :].expand(-1, q, -1))
-        return ((rel < 0)[:, None, :] | (new_part & (rel < q)[:, None, :]))[:, None]
+        rel = torch.arange(self._span, device=self.k.device) - (self.lengths[:, None] + q - k)  # (B, span)
+        seen = mask.expand(len(self.lengths), q, k).gather(2, rel.clamp(0, k - 1)[:, None, :].expand(-1, q, -1))
+        return ((rel < 0)[:, None, :] | (seen & (rel < k)[:, None, :]))[:, None]
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store this layer's new K/V (B, kv_heads, q, d) and return all rows the forward attends to."""

@@ -90,12 +90,7 @@ class ModelConfig:
         try:
             heads = int(cfg["num_attention_heads"])
             hidden = int(cfg["hidden_size"])
-            rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-            if "type" in rope and "rope_type" not in rope:
-                rope["rope_type"] = rope.pop("type")
-            theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
-            if rope.get("rope_type", "default") == "default":
-                rope = {}
+            theta, rope = parse_rope(cfg)
             eos = cfg.get("eos_token_id")
             eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
             bias = bool(cfg.get("attention_bias", False))
@@ -110,7 +105,7 @@ class ModelConfig:
                 max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
                 rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
                 rope_theta=theta,
-                rope_scaling=rope or None,
+                rope_scaling=rope,
                 qkv_bias=model_type == "qwen2" or bias,
                 o_bias=bias,
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
@@ -127,12 +122,14 @@ class ModelConfig:
         d = asdict(self)
         rope = {"rope_theta": d.pop("rope_theta"), **(d.pop("rope_scaling") or {"rope_type": "default"})}
         qkv_bias, o_bias = d.pop("qkv_bias"), d.pop("o_bias")
-        if qkv_bias and not o_bias:
-            raise ValueError("q/k/v bias without o bias is Qwen2's layout; write it as a qwen2 config")
+        if o_bias and not qkv_bias:
+            raise ValueError("an o_proj bias without q/k/v biases has no Hugging Face config")
+        qwen2 = qkv_bias and not o_bias  # Qwen2: biases on q/k/v only
         eos = list(d.pop("eos_token_id"))
         d["specref_head_vocab_size"], d["specref_shares_target_embeddings"] = (
             d.pop("head_vocab_size"), d.pop("shares_target_embeddings"))
-        return {**d, "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu",
+        return {**d, "model_type": "qwen2" if qwen2 else "llama",
+                "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"], "hidden_act": "silu",
                 "attention_bias": o_bias, "mlp_bias": False, "rope_parameters": rope,
                 "eos_token_id": eos[0] if len(eos) == 1 else (eos or None)}
 
@@ -172,6 +169,18 @@ def split_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]
     return out
 
 
+def parse_rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, scaling) from transformers 5's `rope_parameters` or 4.x's `rope_theta`/`rope_scaling`;
+    theta is 10000 when absent (as EAGLE heads assume)."""
+    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    if "type" in rope and "rope_type" not in rope:
+        rope["rope_type"] = rope.pop("type")
+    theta = float(rope.pop("rope_theta", cfg.get("rope_theta") or 10000.0))
+    if rope.get("rope_type", "default") == "default":
+        rope = {}
+    return theta, rope or None
+
+
 class Output(NamedTuple):
     logits: Tensor | None  # (B, q, V), or None when not asked for
     hidden: Tensor  # (B, q, H): final hidden state after the last RMSNorm (EAGLE-1's feature)
@@ -209,6 +218,25 @@ def rope_frequencies(config: ModelConfig) -> Tensor:
     return inv_freq
 
 
+class Rotary:
+    """cos/sin tables for RoPE at given positions. Not a module: `.to(bfloat16)` would round the frequencies,
+    so they stay fp32 (as transformers computes them) and are cast per (device, dtype) on first use."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.inv_freq: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def __call__(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        # Angles in at least fp32 (bf16 positions above 256 would collide); fp64 models keep fp64.
+        angle_dtype = torch.promote_types(dtype, torch.float32)
+        key = (position_ids.device, angle_dtype)
+        if key not in self.inv_freq:
+            self.inv_freq[key] = rope_frequencies(self.config).to(position_ids.device, angle_dtype)
+        angles = position_ids.to(angle_dtype)[..., None] * self.inv_freq[key]
+        angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, q, head_dim): broadcast over heads
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Apply RoPE in the half-split layout: pairs (x_i, x_{i+d/2}) rotate by angle pos * inv_freq_i."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -216,11 +244,12 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, in_features: int | None = None) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         # q, k and v in one product: fewer, larger matrix products are what CPU decoding is fast at
-        self.qkv_proj = nn.Linear(c.hidden_size, (self.n_heads + 2 * self.n_kv) * c.head_dim, bias=c.qkv_bias)
+        self.qkv_proj = nn.Linear(in_features or c.hidden_size, (self.n_heads + 2 * self.n_kv) * c.head_dim,
+                                  bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
@@ -272,8 +301,7 @@ class Llama(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         ids = None if config.head_vocab_size is None else torch.arange(config.head_vocab_size)
         self.register_buffer("vocab_ids", ids)  # token id of each lm_head row (None: all, in order)
-        # Not a buffer: `.to(bfloat16)` would round the frequencies; kept in fp32, cast per (device, dtype).
-        self._inv_freq: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self.rotary = Rotary(config)
 
     @property
     def device(self) -> torch.device:
@@ -297,20 +325,11 @@ class Llama(nn.Module):
         `mask` (B or 1, q, q) allows (default: causal); their K/V are appended to the cache. Without a cache
         they attend only among themselves under the same mask (a full recompute).
         """
-        b, t = input_ids.shape
+        t = input_ids.shape[1]
         if any(not 0 <= i < len(self.layers) for i in layer_inputs):
             raise ValueError(f"layer_inputs {list(layer_inputs)} must lie in [0, {len(self.layers)})")
-        if mask is None:
-            mask = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
-        attn_mask = cache.attention_mask(mask) if cache is not None else mask.expand(b, t, t)[:, None]
-        # Angles in at least fp32 (bf16 positions above 256 would collide); fp64 models keep fp64.
-        angle_dtype = torch.promote_types(self.dtype, torch.float32)
-        key = (input_ids.device, angle_dtype)
-        if key not in self._inv_freq:
-            self._inv_freq[key] = rope_frequencies(self.config).to(input_ids.device, angle_dtype)
-        angles = position_ids.to(angle_dtype)[..., None] * self._inv_freq[key]
-        angles = torch.cat((angles, angles), dim=-1)[:, None]
-        cos, sin = angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+        attn_mask = attention_mask(input_ids, cache, mask)
+        cos, sin = self.rotary(position_ids, self.dtype)
 
         x, captured = self.embed_tokens(input_ids), {}
         for i, layer in enumerate(self.layers):
@@ -325,10 +344,24 @@ class Llama(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """Logits over the full vocabulary; tokens outside a reduced output vocabulary get -inf."""
         head = self.lm_head(hidden)
-        if self.vocab_ids is None:
-            return head
-        full = head.new_full((*head.shape[:-1], self.config.vocab_size), float("-inf"))
-        return full.index_copy_(-1, self.vocab_ids, head)
+        return head if self.vocab_ids is None else full_vocabulary(head, self.vocab_ids, self.config.vocab_size)
+
+
+def attention_mask(input_ids: Tensor, cache: KVCache | None, mask: Tensor | None) -> Tensor | None:
+    """The attention mask of a forward over `input_ids` (B, q): with a cache, every cached row of a sequence
+    plus what `mask` (B or 1, q, k; default causal over the q new tokens) allows among its last k rows (see
+    `KVCache.attention_mask`); without one, `mask` (q, q) alone. With a cache this also tells the cache where
+    the new rows go."""
+    b, t = input_ids.shape
+    if mask is None:
+        mask = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
+    return cache.attention_mask(mask) if cache is not None else mask.expand(b, t, t)[:, None]
+
+
+def full_vocabulary(logits: Tensor, ids: Tensor, vocab_size: int) -> Tensor:
+    """Logits over a reduced vocabulary (..., Vd) placed at token ids `ids` (Vd,) of a full one; -inf elsewhere."""
+    full = logits.new_full((*logits.shape[:-1], vocab_size), float("-inf"))
+    return full.index_copy_(-1, ids, logits)
 
 
 def random_model(config: ModelConfig, seed: int, *, dtype: torch.dtype = torch.float32, scale: float = 1.0,

@@ -1,7 +1,8 @@
 """What a decoding run reports: the counts behind speculative decoding's speed-up.
 
 alpha = accepted / tried drafts, the per-position acceptance rate (a round tries drafts until the first
-rejection, so drafts after it are proposed but never tried); tau = emitted tokens per verification round
+rejection, so drafts after it are proposed but never tried; in a tree, a depth counts as tried once its
+children meet the test); tau = emitted tokens per verification round
 (tokens per target call for one sequence). Under i.i.d. acceptance with rate alpha and draft length gamma,
 E[tau] = (1 - alpha^(gamma+1)) / (1 - alpha), and the wall-time speed-up over autoregressive decoding is
 E[tau] / (gamma c + 1), c being the draft/target cost ratio (Leviathan et al. 2023, arXiv 2211.17192, §3.1-3.4).
@@ -24,6 +25,7 @@ class Stats:
     accepted: int = 0
     accept_hist: list[int] = field(default_factory=list)  # [n] = rounds that accepted exactly n drafts
     residual_fallbacks: int = 0  # rejections whose residual max(p - q, 0) had no mass (p used instead)
+    tree_nodes: int = 0  # draft-tree nodes verified, summed over rounds and sequences (root excluded)
     wall_time: float = 0.0  # seconds, prefill included
 
     @property
@@ -37,6 +39,11 @@ class Stats:
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def tree_size(self) -> float:
+        """Draft nodes verified per round (0 without trees)."""
+        return self.tree_nodes / self.rounds if self.rounds else 0.0
 
     @property
     def position_acceptance(self) -> list[float]:
@@ -57,12 +64,15 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "tau": self.tau, "alpha": self.alpha, "tokens_per_s": self.tokens_per_s,
-                "position_acceptance": self.position_acceptance}
+                "position_acceptance": self.position_acceptance, "tree_size": self.tree_size}
 
     def summary(self) -> str:
         line = (f"{self.new_tokens} tokens in {self.wall_time:.2f} s ({self.tokens_per_s:.1f} tok/s), "
                 f"{self.target_calls} target calls, tau {self.tau:.2f}")
-        if self.proposed:
+        if self.tree_nodes:
+            line += (f", tree {self.tree_size:.0f} nodes, alpha {self.alpha:.3f} per depth "
+                     f"({self.accepted} drafts accepted)")
+        elif self.proposed:
             line += (f", alpha {self.alpha:.3f} ({self.accepted} of {self.tried} tried drafts accepted), "
                      f"{self.draft_calls} draft calls")
         return line

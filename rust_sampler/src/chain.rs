@@ -13,12 +13,17 @@
 //! all zero or not finite (p == q up to rounding) falls back to p_i; this costs at most the probability
 //! of that event in total variation, and it is reported so tests can assert it does not happen.
 //!
+//! A chain is a tree whose nodes each have one i.i.d.-sampled child, so [`verify`] runs the tree walk of
+//! [`crate::tree`]: one node procedure for both. This module keeps what the tree verifier shares with it
+//! (the [`ProbTable`] trait, row validation, the [`Flaw`] switch) and the chain's own input checks.
+//!
 //! All arithmetic is in f64 whatever the input precision.
 
 use std::str::FromStr;
 
 use crate::coin::{enumerate_law, Coin};
 use crate::error::{Index, SamplerError};
+use crate::tree::{self, Rows, Tree};
 
 /// The largest accepted |Σ row − 1| for p and q rows. Loose enough for float32 softmax over a large
 /// vocabulary, tight enough to catch unnormalised inputs (masked logits, forgotten softmax).
@@ -73,9 +78,28 @@ pub enum Flaw {
     None,
     /// Accept with `u·q <= p` instead of `u·q < p`, so u = 0 accepts a token with p(x) = 0.
     NonStrict,
-    /// Draw the bonus from row G − 1 instead of row G.
+    /// Draw the bonus from row G − 1 instead of row G (in a tree: from the leaf's parent's row).
     BonusRowOff,
+    /// Verify `Deterministic` (top-k) children with the ratio test against q\[node\], as if they were
+    /// i.i.d. draws: the SpecInfer rule on a top-k tree.
+    TopkWithRatio,
+    /// Try sampled children in descending q order instead of draw order.
+    SortedSiblings,
+    /// Verify `WithoutReplacement` children with q_j = q\[node\], not zeroed and renormalised.
+    NoRenorm,
+    /// Reject a duplicate `IidSampled` sibling without applying r <- norm((r − q)+).
+    SkipDupUpdate,
 }
+
+/// The names [`Flaw`]'s `FromStr` accepts, in declaration order after `None`.
+pub const FLAW_NAMES: [&str; 6] = [
+    "non_strict",
+    "bonus_row_off",
+    "topk_with_ratio",
+    "sorted_siblings",
+    "no_renorm",
+    "skip_dup_update",
+];
 
 impl FromStr for Flaw {
     type Err = SamplerError;
@@ -84,6 +108,10 @@ impl FromStr for Flaw {
         match name {
             "non_strict" => Ok(Self::NonStrict),
             "bonus_row_off" => Ok(Self::BonusRowOff),
+            "topk_with_ratio" => Ok(Self::TopkWithRatio),
+            "sorted_siblings" => Ok(Self::SortedSiblings),
+            "no_renorm" => Ok(Self::NoRenorm),
+            "skip_dup_update" => Ok(Self::SkipDupUpdate),
             _ => Err(SamplerError::UnknownFlaw(name.to_owned())),
         }
     }
@@ -102,32 +130,11 @@ pub struct Outcome {
     pub fallback: bool,
 }
 
-/// Row `i` widened to f64, the form [`Coin::categorical`] takes.
-fn row<P: ProbTable + ?Sized>(t: &P, i: usize) -> Vec<f64> {
-    (0..t.row_len(i)).map(|j| t.prob(i, j)).collect()
-}
-
-/// (p_i − q_i)+, or p_i with `true` when that residual has no usable mass.
-fn residual<P, Q>(p: &P, q: &Q, i: usize) -> (Vec<f64>, bool)
-where
-    P: ProbTable + ?Sized,
-    Q: ProbTable + ?Sized,
-{
-    let r: Vec<f64> = (0..p.row_len(i))
-        .map(|j| (p.prob(i, j) - q.prob(i, j)).max(0.0))
-        .collect();
-    let mass: f64 = r.iter().sum();
-    if mass > 0.0 && mass.is_finite() {
-        (r, false)
-    } else {
-        (row(p, i), true)
-    }
-}
-
 /// Verifies one chain: `p` has G+1 rows, `q` and `draft` have G, all validated by [`check_row`].
 ///
-/// Draws, in order, one Bernoulli per tried draft and then one categorical, so the output law under
-/// [`enumerate_law`] is exact and a seeded coin reproduces its stream.
+/// Runs the tree walk on the path root -> x_1 -> … -> x_G, every node `IidSampled`: per position one
+/// Bernoulli (accept iff u·q_i(x_i) < p_i(x_i)), then one categorical for the correction or bonus, so the
+/// output law under [`enumerate_law`] is exact and a seeded coin reproduces its stream.
 ///
 /// # Panics
 /// If a draft token is not a column index of `p` and `q`, which [`check_row`] rules out.
@@ -137,31 +144,13 @@ where
     Q: ProbTable + ?Sized,
     C: Coin + ?Sized,
 {
-    for (i, &x) in draft.iter().enumerate() {
-        let mut ratio = p.prob(i, x) / q.prob(i, x);
-        if flaw == Flaw::NonStrict {
-            // Uniforms are multiples of 2^-53, so `u < ratio + 2^-53` is `u <= ratio`.
-            ratio += f64::EPSILON / 2.0;
-        }
-        if coin.bernoulli(ratio) {
-            continue;
-        }
-        let (r, fallback) = residual(p, q, i);
-        return Outcome {
-            accepted: i,
-            token: coin.categorical(&r),
-            fallback,
-        };
-    }
-    let g = draft.len();
-    let bonus_row = match flaw {
-        Flaw::BonusRowOff if g >= 1 => g - 1,
-        _ => g,
-    };
+    let mut rows = Rows::validated(p, Some(q));
+    let walked = tree::verify(&Tree::chain(draft), &mut rows, coin, flaw)
+        .expect("validated rows raise no error");
     Outcome {
-        accepted: g,
-        token: coin.categorical(&row(p, bonus_row)),
-        fallback: false,
+        accepted: walked.path.len() - 1,
+        token: walked.token,
+        fallback: walked.fallback,
     }
 }
 
@@ -296,7 +285,7 @@ pub fn check_shapes(
 }
 
 /// A shape as Python prints it: `(2, 3)`, `(3,)`.
-fn tuple(shape: &[usize]) -> String {
+pub(crate) fn tuple(shape: &[usize]) -> String {
     match shape {
         [n] => format!("({n},)"),
         _ => format!("{:?}", shape).replace('[', "(").replace(']', ")"),
@@ -346,6 +335,7 @@ where
         .map(|(i, &token)| {
             let x = usize::try_from(token).ok().filter(|&x| x < vocab).ok_or(
                 SamplerError::TokenOutOfRange {
+                    arg: "draft_tokens",
                     at: at(&[i]),
                     token,
                     vocab,
@@ -369,44 +359,54 @@ fn check_rows<T: ProbTable + ?Sized>(
     vocab: usize,
     at: &impl Fn(&[usize]) -> Index,
 ) -> Result<(), SamplerError> {
-    for i in 0..t.rows() {
-        let len = t.row_len(i);
-        if len != vocab {
-            return Err(SamplerError::Shape {
+    (0..t.rows()).try_for_each(|i| check_prob_row(arg, t, i, vocab, at))
+}
+
+/// Checks that row `i` of `t` has `vocab` entries, all finite and non-negative, summing to 1 within
+/// [`NORM_TOLERANCE`]. `at` turns an index into the table into the position reported in errors.
+pub(crate) fn check_prob_row<T: ProbTable + ?Sized>(
+    arg: &'static str,
+    t: &T,
+    i: usize,
+    vocab: usize,
+    at: &impl Fn(&[usize]) -> Index,
+) -> Result<(), SamplerError> {
+    let len = t.row_len(i);
+    if len != vocab {
+        return Err(SamplerError::Shape {
+            arg,
+            detail: format!(
+                "row {arg}{} has {len} entries, expected V = {vocab}",
+                at(&[i])
+            ),
+        });
+    }
+    let mut sum = 0.0;
+    for j in 0..len {
+        let value = t.prob(i, j);
+        if !value.is_finite() {
+            return Err(SamplerError::NonFinite {
                 arg,
-                detail: format!(
-                    "row {arg}{} has {len} entries, expected V = {vocab}",
-                    at(&[i])
-                ),
+                at: at(&[i, j]),
+                value,
             });
         }
-        let mut sum = 0.0;
-        for j in 0..len {
-            let value = t.prob(i, j);
-            if !value.is_finite() {
-                return Err(SamplerError::NonFinite {
-                    arg,
-                    at: at(&[i, j]),
-                    value,
-                });
-            }
-            if value < 0.0 {
-                return Err(SamplerError::Negative {
-                    arg,
-                    at: at(&[i, j]),
-                    value,
-                });
-            }
-            sum += value;
-        }
-        if (sum - 1.0).abs() > NORM_TOLERANCE {
-            return Err(SamplerError::NotNormalized {
+        if value < 0.0 {
+            return Err(SamplerError::Negative {
                 arg,
-                at: at(&[i]),
-                sum,
-                tolerance: NORM_TOLERANCE,
+                at: at(&[i, j]),
+                value,
             });
         }
+        sum += value;
+    }
+    if (sum - 1.0).abs() > NORM_TOLERANCE {
+        return Err(SamplerError::NotNormalized {
+            arg,
+            at: at(&[i]),
+            sum,
+            tolerance: NORM_TOLERANCE,
+        });
     }
     Ok(())
 }
@@ -531,7 +531,6 @@ mod tests {
         let q = vec![vec![0.5, 0.5]];
         let rejected = verify(&p, &q, &[1], &mut FixedCoin { u: 0.999_99 }, Flaw::None);
         assert_eq!((rejected.accepted, rejected.fallback), (0, true));
-        assert_eq!(residual(&p, &q, 0), (p[0].clone(), true));
         let law = law(&p, &q, &[1], Flaw::None);
         let fallback: f64 = law.iter().filter(|(o, _)| o.fallback).map(|(_, w)| w).sum();
         assert!((fallback - 2e-5).abs() < 1e-12, "P(fallback) = {fallback}");
@@ -843,9 +842,15 @@ mod tests {
     fn flaw_names_parse() {
         assert_eq!("non_strict".parse(), Ok(Flaw::NonStrict));
         assert_eq!("bonus_row_off".parse(), Ok(Flaw::BonusRowOff));
-        assert_eq!(
-            "none".parse::<Flaw>(),
-            Err(SamplerError::UnknownFlaw("none".into()))
+        for name in FLAW_NAMES {
+            assert_eq!(name.parse::<Flaw>().map(|f| f != Flaw::None), Ok(true));
+        }
+        let e = "none".parse::<Flaw>().unwrap_err();
+        assert_eq!(e, SamplerError::UnknownFlaw("none".into()));
+        assert!(
+            e.to_string()
+                .contains(r#""topk_with_ratio", "sorted_siblings""#),
+            "{e}"
         );
     }
 }

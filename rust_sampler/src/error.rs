@@ -66,15 +66,76 @@ pub enum SamplerError {
         tolerance: f64,
     },
     /// A draft token is not a vocabulary index.
-    TokenOutOfRange { at: Index, token: i64, vocab: usize },
+    TokenOutOfRange {
+        arg: &'static str,
+        at: Index,
+        token: i64,
+        vocab: usize,
+    },
     /// A draft token has q = 0, so q cannot be the law it was sampled from.
     ZeroDraftProbability { at: Index, token: usize },
+    /// A tree node's child was sampled (kind 1 or 2) but has q = 0 in its parent's row.
+    ZeroChildProbability {
+        at: Index,
+        token: usize,
+        q_at: Index,
+    },
+    /// A parent array entry breaks the layout: node 0 is the root (-1), node i's parent is in [0, i).
+    Parent { at: Index, node: usize, parent: i64 },
+    /// A tree node's kind is not 0, 1 or 2.
+    Kind { at: Index, kind: i64 },
+    /// Two children drawn without replacement from one node carry the same token.
+    DuplicateSibling {
+        at: Index,
+        token: usize,
+        first: usize,
+    },
+    /// q is None but some node's children need the law they were drawn from.
+    MissingQ { reason: String },
+    /// A static-tree choices list is malformed.
+    Choice { path: usize, problem: ChoiceProblem },
+    /// A static tree would have more nodes than allowed.
+    TooManyNodes { nodes: usize, limit: usize },
+    /// The choices argument is not a list of lists of ints (raised by the Python glue).
+    NotChoices(String),
     /// The name of a test-only flaw is not recognised.
     UnknownFlaw(String),
     /// [`crate::coin::enumerate_law`] exceeded its run budget.
     TooManyRuns { limit: usize },
     /// [`crate::coin::enumerate_law`] saw a run make different choices on replay.
     Nondeterministic,
+}
+
+/// What is wrong with one path of a static-tree choices list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChoiceProblem {
+    /// The path lists no rank (the root is implicit, not a path).
+    Empty,
+    /// A rank is negative.
+    NegativeRank { position: usize, rank: i64 },
+    /// The same path appeared earlier, at index `first`.
+    Duplicate { first: usize },
+    /// The path without its last rank (its parent) is not in the list.
+    MissingParent,
+}
+
+impl fmt::Display for ChoiceProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => write!(f, "is empty; every path needs at least one rank"),
+            Self::NegativeRank { position, rank } => {
+                write!(
+                    f,
+                    "has rank {rank} at position {position}; ranks must be >= 0"
+                )
+            }
+            Self::Duplicate { first } => write!(f, "repeats choices[{first}]"),
+            Self::MissingParent => write!(
+                f,
+                "has no parent: the path without its last rank is not in the list"
+            ),
+        }
+    }
 }
 
 impl fmt::Display for SamplerError {
@@ -107,18 +168,57 @@ impl fmt::Display for SamplerError {
                 f,
                 "{arg}{at} sums to {sum}, not 1 (tolerance {tolerance:e}); pass normalised probabilities"
             ),
-            Self::TokenOutOfRange { at, token, vocab } => write!(
-                f,
-                "draft_tokens{at} is {token}, outside the vocabulary [0, {vocab})"
-            ),
+            Self::TokenOutOfRange {
+                arg,
+                at,
+                token,
+                vocab,
+            } => write!(f, "{arg}{at} is {token}, outside the vocabulary [0, {vocab})"),
             Self::ZeroDraftProbability { at, token } => write!(
                 f,
                 "draft_tokens{at} = {token} has zero probability under q, so q is not the law it was \
                  sampled from"
             ),
+            Self::ZeroChildProbability { at, token, q_at } => write!(
+                f,
+                "tokens{at} = {token} has zero probability under q{q_at}, its parent's row, so q is not \
+                 the law the child was drawn from"
+            ),
+            Self::Parent { at, node: 0, parent } => write!(
+                f,
+                "parents{at} is {parent}; node 0 is the root and its parent must be -1"
+            ),
+            Self::Parent { at, node, parent } => write!(
+                f,
+                "parents{at} is {parent}; node {node}'s parent must be an earlier node, in [0, {node})"
+            ),
+            Self::Kind { at, kind } => write!(
+                f,
+                "kinds{at} is {kind}; expected 0 (Deterministic), 1 (IidSampled) or 2 \
+                 (WithoutReplacement)"
+            ),
+            Self::DuplicateSibling { at, token, first } => write!(
+                f,
+                "tokens{at} = {token} repeats the token of its sibling node {first}; children drawn \
+                 without replacement (kind 2) must be distinct"
+            ),
+            Self::MissingQ { reason } => write!(f, "q is None, but {reason}"),
+            Self::Choice { path, problem } => write!(f, "choices[{path}] {problem}"),
+            Self::TooManyNodes { nodes, limit } => write!(
+                f,
+                "choices make a tree of {nodes} nodes (root included); at most {limit} are allowed"
+            ),
+            Self::NotChoices(detail) => {
+                write!(f, "choices must be a list of lists of ints: {detail}")
+            }
             Self::UnknownFlaw(name) => write!(
                 f,
-                "unknown flaw {name:?}; expected None, \"non_strict\" or \"bonus_row_off\""
+                "unknown flaw {name:?}; expected None or one of {}",
+                crate::chain::FLAW_NAMES
+                    .iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Self::TooManyRuns { limit } => write!(
                 f,

@@ -2,28 +2,31 @@
 //! Chen et al. 2023, arXiv 2302.01318) in pure Rust.
 //!
 //! [`coin`] holds the randomness interface and the exact-law enumerator, [`chain`] the chain (SpS)
-//! verifier and its input validation, [`error`] the errors. With the `python` feature this file also
-//! builds the `specref._sampler` extension module: glue only, no sampling logic.
+//! verifier and its input validation, [`tree`] tree layouts and the tree verifier (whose node procedure
+//! the chain verifier runs too), [`error`] the errors. With the `python` feature this file also builds
+//! the `specref._sampler` extension module: glue only, no sampling logic.
 
 pub mod chain;
 pub mod coin;
 pub mod error;
+pub mod tree;
 
 #[cfg(feature = "python")]
 mod python {
     use std::any::Any;
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
-    use numpy::ndarray::{ArrayView, Axis, Dimension, Ix1, Ix2, Ix3, IxDyn};
+    use numpy::ndarray::{Array2, ArrayD, ArrayView, Axis, Dimension, Ix1, Ix2, Ix3, IxDyn};
     use numpy::prelude::*;
-    use numpy::{Element, PyArray1, PyReadonlyArrayDyn, PyUntypedArray};
+    use numpy::{Element, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray};
     use pyo3::exceptions::{PyRuntimeError, PyValueError};
     use pyo3::prelude::*;
-    use pyo3::types::PyInt;
+    use pyo3::types::{PyBool, PyInt, PyList, PyTuple};
 
     use crate::chain::{self, Flaw, ProbTable};
     use crate::coin;
     use crate::error::SamplerError;
+    use crate::tree::{self, TreeArrays};
 
     impl From<SamplerError> for PyErr {
         fn from(e: SamplerError) -> Self {
@@ -157,12 +160,13 @@ mod python {
         })
     }
 
-    fn borrow_tokens<'py>(
+    fn borrow_ints<'py>(
+        arg: &'static str,
         obj: &Bound<'py, PyAny>,
     ) -> Result<PyReadonlyArrayDyn<'py, i64>, SamplerError> {
-        borrow_as::<i64>("draft_tokens", obj).unwrap_or_else(|| {
+        borrow_as::<i64>(arg, obj).unwrap_or_else(|| {
             Err(SamplerError::Dtype {
-                arg: "draft_tokens",
+                arg,
                 accepted: "int64",
                 got: describe(obj),
             })
@@ -188,7 +192,7 @@ mod python {
         let (p, q, draft) = (
             borrow_probs("p", p)?,
             borrow_probs("q", q)?,
-            borrow_tokens(draft_tokens)?,
+            borrow_ints("draft_tokens", draft_tokens)?,
         );
         chain::check_shapes(
             batched,
@@ -318,6 +322,291 @@ mod python {
             .collect())
     }
 
+    /// The items of a list or tuple; None for anything else.
+    fn items<'py>(obj: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
+        if let Ok(list) = obj.cast::<PyList>() {
+            return Some(list.iter().collect());
+        }
+        obj.cast::<PyTuple>().ok().map(|t| t.iter().collect())
+    }
+
+    /// Reads a choices list: a list (or tuple) of lists (or tuples) of ints (not bools; NumPy integer
+    /// scalars count as ints).
+    fn parse_choices(choices: &Bound<'_, PyAny>) -> Result<Vec<Vec<i64>>, SamplerError> {
+        let outer = items(choices)
+            .ok_or_else(|| SamplerError::NotChoices(format!("got {}", describe(choices))))?;
+        outer
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let ranks = items(path).ok_or_else(|| {
+                    SamplerError::NotChoices(format!("choices[{i}] is {}", describe(path)))
+                })?;
+                ranks
+                    .iter()
+                    .enumerate()
+                    .map(|(j, rank)| {
+                        // Python ints and integer scalars (anything with __index__), not bools.
+                        let boolean = rank.is_instance_of::<PyBool>();
+                        let int = rank.is_instance_of::<PyInt>() && !boolean;
+                        match rank.extract::<i64>() {
+                            Ok(r) if !boolean => Ok(r),
+                            _ => Err(SamplerError::NotChoices(if int {
+                                format!("choices[{i}][{j}] = {rank} does not fit in int64")
+                            } else {
+                                format!("choices[{i}][{j}] is {}, not an int", describe(rank))
+                            })),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Lays out an EAGLE/Medusa static tree from its choices (paths of child ranks from the root).
+    ///
+    /// Returns (parents, ranks), both (n,) int64, node 0 the root with -1 in both, nodes sorted by (path
+    /// length, lexicographic path). Raises ValueError for a malformed list or more than 4096 nodes.
+    #[pyfunction]
+    fn static_tree<'py>(py: Python<'py>, choices: &Bound<'py, PyAny>) -> PyResult<Layout<'py>> {
+        let paths = parse_choices(choices)?;
+        let (parents, ranks) = guarded(py, || tree::static_tree(&paths))?;
+        Ok((
+            PyArray1::from_vec(py, parents),
+            PyArray1::from_vec(py, ranks),
+        ))
+    }
+
+    type Layout<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
+
+    type Buffers<'py> = (
+        Bound<'py, PyArrayDyn<i64>>,
+        Bound<'py, PyArrayDyn<bool>>,
+        Bound<'py, PyArrayDyn<i64>>,
+    );
+
+    /// Depths, ancestor masks and root-to-leaf node paths of one tree (parents (n,)) or a batch
+    /// (parents (B, n)).
+    ///
+    /// Returns depth int64 (.., n), mask bool (.., n, n) (row i: i and its ancestors, root included),
+    /// retrieve int64 (.., leaves, max_depth + 1): one row per leaf in increasing leaf index, node indices
+    /// from the root, padded with -1; in a batch, leaves and max_depth are those of the largest tree.
+    #[pyfunction]
+    fn tree_buffers<'py>(py: Python<'py>, parents: &Bound<'py, PyAny>) -> PyResult<Buffers<'py>> {
+        let parents = borrow_ints("parents", parents)?;
+        let view = parents.as_array();
+        let batched = match view.ndim() {
+            1 => false,
+            2 => true,
+            got => {
+                return Err(SamplerError::Shape {
+                    arg: "parents",
+                    detail: format!("expected (n,) or (B, n), got {got} dimensions"),
+                }
+                .into())
+            }
+        };
+        let rows: Vec<Vec<i64>> = if batched {
+            view.outer_iter()
+                .map(|r| r.iter().copied().collect())
+                .collect()
+        } else {
+            vec![view.iter().copied().collect()]
+        };
+        if rows.is_empty() {
+            return Err(SamplerError::Empty {
+                arg: "parents",
+                axis: "batch",
+            }
+            .into());
+        }
+        let built = guarded(py, || {
+            rows.iter()
+                .enumerate()
+                .map(|(b, r)| tree::tree_buffers(r, batched.then_some(b)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let (b, n) = (built.len(), rows[0].len());
+        let leaves = built.iter().map(|t| t.leaf_paths.len()).max().unwrap_or(0);
+        let width = 1 + built
+            .iter()
+            .flat_map(|t| t.depth.iter().copied())
+            .max()
+            .unwrap_or(0);
+        let mut retrieve = vec![-1i64; b * leaves * width];
+        for (t, block) in built.iter().zip(retrieve.chunks_mut(leaves * width)) {
+            for (path, row) in t.leaf_paths.iter().zip(block.chunks_mut(width)) {
+                row.iter_mut()
+                    .zip(path)
+                    .for_each(|(slot, &i)| *slot = i as i64);
+            }
+        }
+        let depth = built
+            .iter()
+            .flat_map(|t| t.depth.iter().map(|&d| d as i64))
+            .collect();
+        let mask = built
+            .iter()
+            .flat_map(|t| t.ancestors.iter().copied())
+            .collect();
+        let lead: &[usize] = if batched { &[b] } else { &[] };
+        let shaped = |tail: &[usize]| IxDyn(&[lead, tail].concat());
+        let out_of_shape = |e: numpy::ndarray::ShapeError| PyRuntimeError::new_err(e.to_string());
+        Ok((
+            ArrayD::from_shape_vec(shaped(&[n]), depth)
+                .map_err(out_of_shape)?
+                .into_pyarray(py),
+            ArrayD::from_shape_vec(shaped(&[n, n]), mask)
+                .map_err(out_of_shape)?
+                .into_pyarray(py),
+            ArrayD::from_shape_vec(shaped(&[leaves, width]), retrieve)
+                .map_err(out_of_shape)?
+                .into_pyarray(py),
+        ))
+    }
+
+    /// parents, tokens and kinds borrowed as int64 arrays.
+    struct TreeInts<'py>([PyReadonlyArrayDyn<'py, i64>; 3]);
+
+    impl TreeInts<'_> {
+        /// Each argument's rows as vectors (one row if unbatched), in the order parents, tokens, kinds.
+        fn rows(&self, batched: bool) -> [Vec<Vec<i64>>; 3] {
+            self.0.each_ref().map(|a| {
+                let a = a.as_array();
+                if batched {
+                    a.outer_iter()
+                        .map(|r| r.iter().copied().collect())
+                        .collect()
+                } else {
+                    vec![a.iter().copied().collect()]
+                }
+            })
+        }
+    }
+
+    /// Borrows the tree arguments in place and checks their shapes (`batched`: a leading batch axis).
+    fn borrow_tree<'py>(
+        [parents, tokens, kinds]: [&Bound<'py, PyAny>; 3],
+        p: &Bound<'py, PyAny>,
+        q: Option<&Bound<'py, PyAny>>,
+        batched: bool,
+    ) -> Result<
+        (
+            TreeInts<'py>,
+            BorrowedProbs<'py>,
+            Option<BorrowedProbs<'py>>,
+        ),
+        SamplerError,
+    > {
+        let ints = TreeInts([
+            borrow_ints("parents", parents)?,
+            borrow_ints("tokens", tokens)?,
+            borrow_ints("kinds", kinds)?,
+        ]);
+        let p = borrow_probs("p", p)?;
+        let q = q.map(|q| borrow_probs("q", q)).transpose()?;
+        let [ps, ts, ks] = ints.0.each_ref().map(|a| a.shape().to_vec());
+        let q_shape = q.as_ref().map(|q| q.view().shape().to_vec());
+        tree::check_tree_shapes(batched, &ps, &ts, &ks, p.view().shape(), q_shape.as_deref())?;
+        Ok((ints, p, q))
+    }
+
+    fn tree_arrays<'a>(rows: &'a [Vec<Vec<i64>>; 3], b: usize) -> TreeArrays<'a> {
+        TreeArrays {
+            parents: &rows[0][b],
+            tokens: &rows[1][b],
+            kinds: &rows[2][b],
+        }
+    }
+
+    type TreeOutcomes<'py> = (
+        Bound<'py, PyArray2<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<bool>>,
+    );
+
+    /// Verifies a batch of draft trees, each walked from its root by the rule of each node's kind.
+    ///
+    /// parents, tokens, kinds: (B, n) int64; p: (B, n, V), q: (B, n, V) or None, float32 or float64.
+    /// Returns (path (B, n) padded with -1, path_len (B,), next_token (B,), fallback (B,)).
+    #[pyfunction]
+    #[pyo3(signature = (parents, tokens, kinds, p, q, coin, *, flaw = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn verify_tree<'py>(
+        py: Python<'py>,
+        parents: &Bound<'py, PyAny>,
+        tokens: &Bound<'py, PyAny>,
+        kinds: &Bound<'py, PyAny>,
+        p: &Bound<'py, PyAny>,
+        q: Option<&Bound<'py, PyAny>>,
+        mut coin: PyRefMut<'py, SeededCoin>,
+        flaw: Option<&str>,
+    ) -> PyResult<TreeOutcomes<'py>> {
+        let flaw = parse_flaw(flaw)?;
+        let (ints, p, q) = borrow_tree([parents, tokens, kinds], p, q, true)?;
+        let rows = ints.rows(true);
+        let p = p.view().into_dim::<Ix3>("p")?;
+        let q = q
+            .as_ref()
+            .map(|q| q.view().into_dim::<Ix3>("q"))
+            .transpose()?;
+        let rng = &mut coin.0;
+        let (batch, n) = (rows[0].len(), rows[0][0].len());
+        let outcomes = guarded(py, || {
+            let ps: Vec<_> = (0..batch).map(|b| p.sequence(b)).collect();
+            let qs: Option<Vec<_>> = q
+                .as_ref()
+                .map(|q| (0..batch).map(|b| q.sequence(b)).collect());
+            let trees: Vec<_> = (0..batch).map(|b| tree_arrays(&rows, b)).collect();
+            tree::verify_batch(&trees, &ps, qs.as_deref(), rng, flaw)
+        })?;
+        let mut path = Array2::from_elem((batch, n), -1i64);
+        for (mut row, o) in path.outer_iter_mut().zip(&outcomes) {
+            row.iter_mut()
+                .zip(&o.path)
+                .for_each(|(slot, &i)| *slot = i as i64);
+        }
+        Ok((
+            path.into_pyarray(py),
+            PyArray1::from_vec(py, outcomes.iter().map(|o| o.path.len() as i64).collect()),
+            PyArray1::from_vec(py, outcomes.iter().map(|o| o.token as i64).collect()),
+            PyArray1::from_vec(py, outcomes.iter().map(|o| o.fallback).collect()),
+        ))
+    }
+
+    /// The exact output law of verify_tree on one tree, by enumerating every coin outcome.
+    ///
+    /// parents, tokens, kinds: (n,); p: (n, V); q: (n, V) or None. Returns sorted (path, next_token,
+    /// fallback, probability) tuples, path a tuple of node indices from the root.
+    #[pyfunction]
+    #[pyo3(signature = (parents, tokens, kinds, p, q, *, flaw = None))]
+    #[allow(clippy::type_complexity)]
+    fn tree_law<'py>(
+        py: Python<'py>,
+        parents: &Bound<'py, PyAny>,
+        tokens: &Bound<'py, PyAny>,
+        kinds: &Bound<'py, PyAny>,
+        p: &Bound<'py, PyAny>,
+        q: Option<&Bound<'py, PyAny>>,
+        flaw: Option<&str>,
+    ) -> PyResult<Vec<(Bound<'py, PyTuple>, usize, bool, f64)>> {
+        let flaw = parse_flaw(flaw)?;
+        let (ints, p, q) = borrow_tree([parents, tokens, kinds], p, q, false)?;
+        let rows = ints.rows(false);
+        let p = p.view().into_dim::<Ix2>("p")?;
+        let q = q
+            .as_ref()
+            .map(|q| q.view().into_dim::<Ix2>("q"))
+            .transpose()?;
+        let law = guarded(py, || {
+            tree::exact_law(tree_arrays(&rows, 0), &p, q.as_ref(), flaw)
+        })?;
+        law.into_iter()
+            .map(|(o, w)| Ok((PyTuple::new(py, o.path)?, o.token, o.fallback, w)))
+            .collect()
+    }
+
     /// Rust core of specref: lossless speculative-decoding verifiers (Leviathan et al. 2023; Chen et
     /// al. 2023). Probability rows must sum to 1 within NORM_TOLERANCE.
     #[pymodule]
@@ -326,6 +615,10 @@ mod python {
         m.add_class::<SeededCoin>()?;
         m.add_function(wrap_pyfunction!(verify_chain, m)?)?;
         m.add_function(wrap_pyfunction!(chain_law, m)?)?;
+        m.add_function(wrap_pyfunction!(static_tree, m)?)?;
+        m.add_function(wrap_pyfunction!(tree_buffers, m)?)?;
+        m.add_function(wrap_pyfunction!(verify_tree, m)?)?;
+        m.add_function(wrap_pyfunction!(tree_law, m)?)?;
         m.add("NORM_TOLERANCE", chain::NORM_TOLERANCE)?;
         Ok(())
     }

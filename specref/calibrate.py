@@ -1,0 +1,103 @@
+"""`python -m specref calibrate`: measure which dynamic tree decodes fastest on this device.
+
+A round of EAGLE decoding costs about  depth * head(top_k) + target(total_tokens) + overhead  and emits tau
+tokens, so the best tree trades acceptance (tau grows with the tree) against the cost of scoring it. On a GPU
+target(n) is flat up to tens of tokens; on a CPU it grows with n, and every expansion level runs the head's
+output layer over top_k rows. This measures the cost curves, then greedy tokens/s and tau for a grid of
+(total_tokens, depth, top_k) on held-out prompts, and prints the best setting (for `tree.DEVICE_TREES`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from specref import autoregressive, eagle_decode
+from specref.bench import step_time
+from specref.cpu import pack_linears
+from specref.default_model import default_head_dir, default_target_dir
+from specref.eagle import EagleHead, load_head
+from specref.loading import load_model, load_tokenizer
+from specref.logits import SamplingParams
+from specref.prompts import encode, load_prompts
+from specref.tree import TreeSpec
+
+GRID = {"total_tokens": (6, 10, 16, 24, 32), "depth": (3, 4, 6), "top_k": (2, 4, 8)}
+
+
+@torch.inference_mode()
+def head_step_time(head: EagleHead, device: torch.device, tokens: int, repeats: int = 30) -> float:
+    """Median seconds of one tree-expansion step of the head over `tokens` frontier nodes, logits included."""
+    cache = head.new_cache(1, 256)
+    width = head.config.hidden if head.config.kind == "eagle" else 3 * head.target.config.hidden_size
+    feats = torch.zeros(1, 128, width, dtype=head.dtype, device=device)
+    head(torch.arange(128, device=device)[None], feats, torch.arange(128, device=device)[None], cache)
+    ids = torch.full((1, tokens), 5, device=device)
+    g = torch.zeros(1, tokens, head.config.hidden, dtype=head.dtype, device=device)
+    pos, times = torch.full((1, tokens), 128, device=device), []
+    mask = torch.eye(tokens, dtype=torch.bool, device=device)[None]
+    for _ in range(repeats + 3):
+        cache.keep(torch.tensor([128]))
+        t = time.perf_counter()
+        head(ids, g, pos, cache, mask)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[3:])
+
+
+def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
+              pack: bool = True) -> dict[str, Any]:
+    dev = torch.device(device)
+    target_dir = default_target_dir()
+    tok = load_tokenizer(target_dir)
+    inputs = [encode(tok, t) for t in load_prompts("heldout")[-prompts:]]  # not the prompts the bench reports
+    target = load_model(target_dir, device=dev)
+    head = load_head(default_head_dir(), target)
+    if pack:
+        pack_linears(target)
+        pack_linears(head)
+    target_ms = {n: step_time(target, dev, n) * 1e3 for n in (1, 2, 4, 8, 16, 24, 32, 48, 64)}
+    head_ms = {n: head_step_time(head, dev, n) * 1e3 for n in (1, 2, 4, 8)}
+    print("target forward ms by new tokens: " + ", ".join(f"{n}: {t:.1f}" for n, t in target_ms.items()))
+    print("head step ms by frontier nodes:  " + ", ".join(f"{n}: {t:.1f}" for n, t in head_ms.items()))
+
+    def run(tree: TreeSpec | None) -> tuple[float, float]:
+        tokens, seconds, rounds = 0, 0.0, 0
+        for ids in inputs:
+            kw = {"max_new_tokens": max_new_tokens, "params": SamplingParams(0.0), "eos_token_ids": [tok.eos_token_id]}
+            g = (autoregressive.generate(target, ids, **kw) if tree is None
+                 else eagle_decode.generate(target, head, ids, tree=tree, **kw))
+            tokens, seconds, rounds = tokens + g.stats.new_tokens, seconds + g.stats.wall_time, rounds + g.stats.rounds
+        return tokens / seconds, tokens / rounds
+
+    run(TreeSpec(total_tokens=4, depth=2, top_k=2))  # warm-up
+    ar, _ = run(None)
+    grid = [TreeSpec(total_tokens=t, depth=d, top_k=k) for t, d, k in itertools.product(*GRID.values())
+            if t - 1 <= k + d * k * k]  # skip trees the expansion cannot fill
+    rows = []
+    for tree in tqdm(grid, desc="trees", unit="tree"):
+        tps, tau = run(tree)
+        rows.append({"total_tokens": tree.total_tokens, "depth": tree.depth, "top_k": tree.top_k,
+                     "tokens_per_s": tps, "speedup_vs_ar": tps / ar, "tau": tau})
+    rows.sort(key=lambda r: -r["tokens_per_s"])
+    print(f"specref AR: {ar:.1f} tok/s")
+    print(f"{'total':>5s} {'depth':>5s} {'top_k':>5s} {'tok/s':>7s} {'vs AR':>6s} {'tau':>5s}")
+    for r in rows[:10]:
+        print(f"{r['total_tokens']:5d} {r['depth']:5d} {r['top_k']:5d} {r['tokens_per_s']:7.1f} "
+              f"{r['speedup_vs_ar']:6.2f} {r['tau']:5.2f}")
+    best = rows[0]
+    print(f"best on {dev.type}: TreeSpec(total_tokens={best['total_tokens']}, depth={best['depth']}, "
+          f"top_k={best['top_k']})")
+    result = {"device": dev.type, "ar_tokens_per_s": ar, "target_forward_ms": target_ms, "head_step_ms": head_ms,
+              "prompts": prompts, "max_new_tokens": max_new_tokens, "rows": rows}
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return result

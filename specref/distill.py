@@ -1,0 +1,192 @@
+"""Distillation data and training loop shared by `train-draft` and `train-eagle`.
+
+1. data    the target answers every training prompt (chat template) `samples` times: greedily, then at
+           temperatures 0.7 and 1.0, in ragged batches;
+2. labels  one teacher-forced target forward gives, at every position t, the target's top-K next-token
+           probabilities p_K(· | x_<=t) with their ids (K = 32 holds nearly all of the mass), and, for EAGLE
+           heads, the target features there;
+3. vocab   the student predicts only the Vd tokens most frequent in that text, so its output layer costs
+           Vd/V of the target's; q is 0 elsewhere, still a proper distribution;
+4. fit     the student minimises, on answer positions,  -sum_y p_K(y | x_<=t) log q(y | x_<=t)  over its
+           vocabulary (Hinton et al. 2015, arXiv 1503.02531): speculative sampling accepts with probability
+           sum_y min(p, q)(y) (Leviathan et al. 2023), which grows as q covers the mass of p.
+
+Every stage writes its results into a work directory, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from specref import autoregressive
+from specref.logits import SamplingParams
+from specref.model import Llama
+
+TEMPERATURES = (0.0, 0.7, 1.0)
+
+
+def stage_data(target: Llama, prompts: list[list[int]], work: Path, samples: int, max_new_tokens: int,
+               chunk: int, seed: int) -> list[Path]:
+    files = []
+    jobs = [(s, i) for s in range(samples) for i in range(0, len(prompts), chunk)]
+    for s, i in tqdm(jobs, desc="target writes text", unit="batch"):
+        f = work / f"data_{s}_{i:04d}.safetensors"
+        files.append(f)
+        if f.exists():
+            continue
+        batch = prompts[i : i + chunk]
+        out = autoregressive.generate_batch(target, batch, max_new_tokens=max_new_tokens,
+                                            params=SamplingParams(TEMPERATURES[s % len(TEMPERATURES)]),
+                                            seed=seed + 1000 * s + i, eos_token_ids=target.config.eos_token_id)
+        rows = [p + t for p, t in zip(batch, out.token_ids, strict=True)]
+        tokens = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.int32)
+        for r, row in enumerate(rows):
+            tokens[r, : len(row)] = torch.tensor(row)
+        save_file({"tokens": tokens, "lengths": torch.tensor([len(r) for r in rows]),
+                   "prompt_lens": torch.tensor([len(p) for p in batch])}, f)
+    return files
+
+
+def feature_tag(feature_layers: tuple[int, ...] | None) -> str | None:
+    """File tag of a feature kind: None (no features), "final" (normed last hidden) or the tapped layers."""
+    if feature_layers is None:
+        return None
+    return "final" if not feature_layers else "layers" + "-".join(map(str, feature_layers))
+
+
+@torch.inference_mode()
+def stage_labels(target: Llama, files: list[Path], top_k: int, micro: int,
+                 feature_layers: tuple[int, ...] | None = None) -> list[Path]:
+    """Top-K target labels for every data file, plus features (fp16) when `feature_layers` is given: () for
+    the final normed hidden state (EAGLE-1), layer indices for their inputs concatenated (EAGLE-3)."""
+    tag = feature_tag(feature_layers)
+    out = []
+    for f in tqdm(files, desc="target labels it", unit="batch"):
+        g = f.with_name(f.name.replace("data_", "labels_"))
+        h = f.with_name(f.name.replace("data_", f"features-{tag}_"))
+        out.append(g)
+        if g.exists() and (tag is None or h.exists()):
+            continue
+        tokens = load_file(f)["tokens"].long()
+        ids, logp, feats = [], [], []
+        for i in range(0, len(tokens), micro):
+            x = tokens[i : i + micro]
+            o = target(x, torch.arange(x.shape[1]).expand_as(x), layer_inputs=feature_layers or ())
+            top = o.logits.float().log_softmax(-1).topk(top_k, dim=-1)
+            ids.append(top.indices.int())
+            logp.append(top.values.half())
+            if tag is not None:
+                feats.append((torch.cat(o.layer_inputs, -1) if feature_layers else o.hidden).half())
+        save_file({"ids": torch.cat(ids), "logp": torch.cat(logp)}, g)
+        if tag is not None:
+            save_file({"features": torch.cat(feats)}, h)
+    return out
+
+
+def draft_vocabulary(files: list[Path], size: int, vocab: int, eos: tuple[int, ...]) -> tuple[Tensor, float]:
+    """The `size` most frequent token ids of the text (EOS always in), ascending, and the share of token
+    occurrences they cover."""
+    counts = np.zeros(vocab, dtype=np.int64)
+    for f in files:
+        data = load_file(f)
+        valid = torch.arange(data["tokens"].shape[1]) < data["lengths"][:, None]
+        counts += np.bincount(data["tokens"][valid].numpy(), minlength=vocab)
+    ranked = counts.copy()
+    ranked[list(eos)] = counts.max() + 1
+    keep = np.sort(np.argsort(-ranked, kind="stable")[:size])
+    return torch.from_numpy(keep), float(counts[keep].sum() / counts.sum())
+
+
+def load_examples(files: list[Path], labels: list[Path], feature_layers: tuple[int, ...] | None = None) -> list:
+    """One (tokens, label ids, label log-probs, first answer position[, features]) tuple per sequence."""
+    tag, data = feature_tag(feature_layers), []
+    for f, g in zip(files, labels, strict=True):
+        d, lab = load_file(f), load_file(g)
+        feats = load_file(g.with_name(g.name.replace("labels_", f"features-{tag}_")))["features"] if tag else None
+        for r in range(len(d["tokens"])):
+            n, start = int(d["lengths"][r]), int(d["prompt_lens"][r]) - 1  # first position predicting an answer
+            row = (d["tokens"][r, :n].long(), lab["ids"][r, :n], lab["logp"][r, :n], start)
+            data.append(row if feats is None else (*row, feats[r, :n]))
+    return data
+
+
+def batches(data: list[tuple], batch_tokens: int, rng: np.random.Generator) -> list[list[int]]:
+    """Length-sorted sequences grouped into batches of about `batch_tokens` tokens, in random order."""
+    order = sorted(range(len(data)), key=lambda i: len(data[i][0]))
+    groups, cur = [], []
+    for i in order:
+        cur.append(i)
+        if len(cur) * len(data[i][0]) >= batch_tokens:
+            groups.append(cur)
+            cur = []
+    if cur:
+        groups.append(cur)
+    rng.shuffle(groups)
+    return groups
+
+
+def pad(rows: list[Tensor], fill: float = 0.0, width: int | None = None) -> Tensor:
+    """Stack sequences of different lengths (dim 0), padding at the end with `fill` (to `width` if given)."""
+    width = max(width or 0, max(len(r) for r in rows))
+    out = rows[0].new_full((len(rows), width, *rows[0].shape[1:]), fill)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = row
+    return out
+
+
+def distill_loss(logits: Tensor, ids: Tensor, logp: Tensor, valid: Tensor, t2d: Tensor) -> Tensor:
+    """Cross-entropy of student logits over the draft vocabulary (B, T, Vd) against the target's top-K
+    distribution (ids, logp: (B, T, K)) renormalised on that vocabulary, averaged over `valid` (B, T)."""
+    logq = F.log_softmax(logits.float(), dim=-1)
+    idx = t2d[ids.long()]  # draft index of each label token, or -1
+    p = logp.float().exp() * (idx >= 0)
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-9)
+    ce = -(p * logq.gather(-1, idx.clamp_min(0))).sum(-1)
+    return (ce * valid).sum() / valid.sum().clamp_min(1)
+
+
+def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Tensor], *, lr: float, epochs: int,
+        batch_tokens: int, seed: int, state_file: Path, settings: dict[str, Any], desc: str) -> tuple[list[float], int]:
+    """AdamW with warm-up and cosine decay over `epochs` shuffled passes; checkpoints every 100 steps into
+    `state_file` and resumes from it (refusing one written with other `settings`). Returns (losses, steps)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    flat = [g for _ in range(epochs) for g in batches(data, batch_tokens, rng)]
+    step = 0
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=True)
+        if state.get("settings") != settings:
+            raise ValueError(f"{state_file} was written with other settings ({state.get('settings')}); "
+                             "delete it or use another --work-dir")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+    losses: list[float] = []
+    with tqdm(total=len(flat), initial=step, desc=desc, unit="step") as bar:
+        while step < len(flat):
+            for g in opt.param_groups:  # cosine decay after a short warm-up
+                g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / len(flat)))
+            loss = loss_of([data[i] for i in flat[step]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if step % 100 == 0 or step == len(flat):
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                            "settings": settings}, state_file)
+    return losses, len(flat)

@@ -1,0 +1,148 @@
+"""Train an EAGLE head for a target on text the target writes itself (`python -m specref train-eagle`).
+
+Same data and labels as the draft (`distill.py`), plus the target's features at every position. The head
+learns the pair (f_j, x_{j+1}) -> the target's top-K law of x_{j+2} on answer positions (EAGLE, Li et al.
+2024; the token-level loss only, as EAGLE-3 uses), unrolled as it is used in a tree: step s reads x_{j+s}
+with the head's own output from step s-1 in place of a target feature and predicts x_{j+s+1}, attending to
+the real-feature rows before j and its own chain (EAGLE-3's training-time test). The loss of step s is
+weighted 0.8^(s-1). The default
+is an EAGLE-3 head (arXiv 2503.01840) over the target's layers (2, L//2, L-3) with a reduced output
+vocabulary: on a CPU every tree level runs the head's output layer over the whole frontier, and the full
+49,152-row head of SmolLM2 would cost a fifth of a target step each time. It is evaluated by tau (tokens per
+target call) of greedy EAGLE decoding with the default dynamic tree on the held-out prompts, and saved in bf16.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from specref import eagle_decode
+from specref.distill import distill_loss, draft_vocabulary, fit, load_examples, pad
+from specref.eagle import KINDS, EagleHead, HeadConfig, default_layer_ids, save_head
+from specref.logits import SamplingParams
+from specref.model import Llama
+from specref.train_draft import prepare
+from specref.tree import TreeSpec
+
+DECAY = 0.8  # weight of unroll step s is DECAY^(s-1): deeper guesses matter less, as in EAGLE-3
+
+
+class UnrollCache:
+    """The head's keys/values of earlier unroll steps, concatenated out of place so gradients flow through
+    them (KVCache writes in place). A step's mask spans every row written so far."""
+
+    def __init__(self, layers: int) -> None:
+        self.k: list[Tensor | None] = [None] * layers
+        self.v: list[Tensor | None] = [None] * layers
+
+    def attention_mask(self, mask: Tensor) -> Tensor:
+        return mask[:, None]
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k[layer] is not None:
+            k, v = torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def advance(self, q: int) -> None:
+        pass
+
+
+def new_head(target: Llama, kind: str, vocab_ids: Tensor, seed: int) -> EagleHead:
+    """A fresh head: PyTorch's default init, its output rows (EAGLE-3) and norms copied from the target."""
+    torch.manual_seed(seed)
+    c = target.config
+    layer = replace(c, num_hidden_layers=1, tie_word_embeddings=False, head_vocab_size=None,
+                    shares_target_embeddings=False)
+    config = HeadConfig(kind=kind, layer=layer, fc_bias=False,
+                        draft_vocab_size=len(vocab_ids) if kind == "eagle3" else None,
+                        layer_ids=default_layer_ids(c.num_hidden_layers) if kind == "eagle3" else ())
+    head = EagleHead(config, target)
+    if kind == "eagle3":
+        with torch.no_grad():
+            head.lm_head.weight.copy_(target.lm_head.weight[vocab_ids])
+            head.norm.load_state_dict(target.norm.state_dict())
+            head.d2t.copy_(vocab_ids - torch.arange(len(vocab_ids)))
+    return head
+
+
+def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
+                vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 6, lr: float = 2e-3,
+                batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
+                train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
+                tree: TreeSpec | None = None) -> dict[str, Any]:
+    from specref.default_model import resolve_target
+    from specref.loading import load_model
+
+    if kind not in KINDS:
+        raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
+    started = time.time()
+    target_dir = resolve_target(target)
+    dense = load_model(target_dir)  # trained against (the packed copy in `prepare` lacks dense weights)
+    layers = default_layer_ids(dense.config.num_hidden_layers) if kind == "eagle3" else ()
+    work = Path(work_dir or Path(out).with_name(Path(out).name + ".work"))
+    run = prepare(target_dir, work, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
+                  train_prompts=train_prompts, eval_prompts=eval_prompts, feature_layers=layers)
+    v = dense.config.vocab_size
+    vocab_ids, coverage = (draft_vocabulary(run["files"], vocab, v, dense.config.eos_token_id) if kind == "eagle3"
+                           else (torch.arange(v), 1.0))
+    head = new_head(dense, kind, vocab_ids, seed)
+    for p in dense.parameters():
+        p.requires_grad_(False)
+    t2d = torch.full((v,), -1, dtype=torch.long)
+    t2d[vocab_ids] = torch.arange(len(vocab_ids))
+    data = load_examples(run["files"], run["labels"], feature_layers=layers)
+
+    def loss_of(rows: list[tuple]) -> Tensor:
+        # Anchor j holds the pair (f_j, x_{j+1}); unroll step s (1-based) there reads x_{j+s} with the head's
+        # own g from step s-1 and predicts x_{j+s+1}, whose target law is the label at position j+s.
+        t = max(len(r[0]) for r in rows) - 1
+        tokens, ids = pad([r[0] for r in rows], width=t + unroll), pad([r[1] for r in rows], width=t + unroll)
+        logp = pad([r[2] for r in rows], -30.0, width=t + unroll)
+        hidden = pad([r[4][:-1].float() for r in rows])
+        cache, causal = UnrollCache(head.config.layer.num_hidden_layers), torch.ones(t, t, dtype=torch.bool).tril()
+        pos, total = torch.arange(t).expand(len(rows), t), torch.zeros(())
+        for s in range(1, unroll + 1):
+            mask = torch.cat([causal, *[torch.eye(t, dtype=torch.bool)] * (s - 1)], 1)[None]
+            hidden, _ = head(tokens[:, s : s + t], hidden, pos + s - 1, cache, mask, return_logits=False)
+            valid = torch.zeros(len(rows), t, dtype=torch.bool)
+            for b, r in enumerate(rows):
+                valid[b, max(r[3] - s, 0) : len(r[0]) - 1 - s] = True
+            g = hidden[valid]  # the output layer, most of a step's work, only where there is a label
+            logits = head.lm_head(head.norm(g)) if kind == "eagle3" else dense.lm_head(g)
+            everywhere = torch.ones(1, len(g), dtype=torch.bool)
+            loss = distill_loss(logits[None], ids[:, s : s + t][valid][None], logp[:, s : s + t][valid][None],
+                                everywhere, t2d)
+            total = total + DECAY ** (s - 1) * loss
+        return total
+
+    settings = {"kind": kind, "vocab": vocab, "unroll": unroll, "epochs": epochs, "lr": lr,
+                "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data)}
+    losses, steps = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
+                        state_file=work / f"train_state_{kind}.pt", settings=settings, desc="head learns")
+
+    tree = tree or TreeSpec()
+    print(f"evaluating on held-out prompts (greedy EAGLE, {tree.kind} tree)", file=sys.stderr)
+    head.eval()
+    gen = eagle_decode.generate_batch(dense, head, run["heldout"], tree=tree, max_new_tokens=eval_new_tokens,
+                                      params=SamplingParams(0.0), eos_token_ids=dense.config.eos_token_id)
+    result = {"tau": gen.stats.tau, "alpha_per_depth": gen.stats.alpha, "tree": tree.kind,
+              "total_tokens": tree.total_tokens, "depth": tree.depth, "top_k": tree.top_k,
+              "prompts": len(run["heldout"]), "new_tokens": gen.stats.new_tokens, "kind": kind,
+              "vocab": len(vocab_ids), "vocab_coverage": coverage, "layer_ids": list(layers),
+              "train_sequences": len(data), "steps": steps, "epochs": epochs, "lr": lr,
+              "final_loss": float(np.mean(losses[-50:])) if losses else None,
+              "seconds": round(time.time() - started, 1), "seed": seed}
+    save_head(head, out, dtype=torch.bfloat16)
+    (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+

@@ -1,0 +1,214 @@
+"""Draft trees for EAGLE: static trees from "choices" lists and EAGLE-2's dynamic trees.
+
+A tree is a parent array plus tokens: node 0 is the root (the last committed token), `parents[i] < i`, a
+node's children are listed in rank order. Everything else (depths, the ancestor mask that lets one target
+forward score every node, the path to keep) derives from the parent array, in `specref._sampler`.
+
+* Static (EAGLE-1, Li et al. 2024, arXiv 2401.15077; Medusa's tree format): a fixed list of paths of child
+  ranks, `[0, 1]` = the second most likely child of the most likely child of the root.
+* Dynamic (EAGLE-2, Li et al. 2024, arXiv 2406.16858): expand the `top_k` best nodes per level for `depth`
+  levels, score every candidate by its path's cumulative draft log-probability, and keep the
+  `total_tokens - 1` best. A child never scores above its parent, so the kept set is a tree.
+
+Children here are always the draft's top-ranked tokens: deterministic given the context, so verification
+uses delta-verification (accept child x with the residual target probability r(x)), never a q ratio.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from specref._sampler import static_tree, tree_buffers
+
+# SafeAILab/EAGLE's default (named `mc_sim_7b_63` there): 25 paths, 4 / 8 / 8 / 3 / 2 nodes at depths 1-5.
+DEFAULT_CHOICES: list[list[int]] = [
+    [0], [1], [2], [3], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [3, 0], [0, 0, 0], [0, 0, 1],
+    [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 2, 0], [0, 2, 1], [1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2],
+    [0, 0, 0, 0, 0], [0, 0, 0, 0, 1],
+]
+# Medusa's `mc_sim_7b_63` (Cai et al. 2024, arXiv 2401.10774), the 63-node tree it was named for:
+# 10 / 28 / 22 / 3 nodes at depths 1-4.
+MEDUSA_CHOICES: list[list[int]] = [
+    [0], [0, 0], [1], [0, 1], [2], [0, 0, 0], [1, 0], [0, 2], [3], [0, 3], [4], [0, 4], [2, 0], [0, 5], [0, 0, 1],
+    [5], [0, 6], [6], [0, 7], [0, 1, 0], [1, 1], [7], [0, 8], [0, 0, 2], [3, 0], [0, 9], [8], [9], [1, 0, 0],
+    [0, 2, 0], [1, 2], [0, 0, 3], [4, 0], [2, 1], [0, 0, 4], [0, 0, 5], [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 6],
+    [0, 3, 0], [5, 0], [1, 3], [0, 0, 7], [0, 0, 8], [0, 0, 9], [6, 0], [0, 4, 0], [1, 4], [7, 0], [0, 1, 1],
+    [2, 0, 0], [3, 1], [2, 2], [8, 0], [0, 5, 0], [1, 5], [1, 0, 1], [0, 2, 1], [9, 0], [0, 6, 0], [0, 0, 0, 2],
+    [1, 6], [0, 7, 0],
+]
+NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES}
+
+
+def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
+    """A choices list from a name in NAMED_CHOICES, a JSON file holding one, or the list itself."""
+    if not isinstance(value, str):
+        return [list(path) for path in value]
+    if value in NAMED_CHOICES:
+        return NAMED_CHOICES[value]
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"--choices must be one of {sorted(NAMED_CHOICES)} or a JSON file, got {value!r}")
+    try:
+        return [list(p) for p in json.loads(path.read_text())]
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"--choices {value}: not a JSON list of paths ({e})") from None
+
+
+# One head step: (tokens (B, q), features (B, q, F), positions (B, q), mask (B, q, k)) -> (g, logits).
+HeadStep = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """How to grow the draft tree each round."""
+
+    kind: str = "dynamic"  # "static" or "dynamic"
+    choices: list[list[int]] = field(default_factory=lambda: DEFAULT_CHOICES)
+    total_tokens: int = 16  # dynamic: nodes verified per round, root included
+    depth: int = 4  # dynamic: expansion rounds
+    top_k: int = 4  # dynamic: children per expanded node and nodes expanded per level
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("static", "dynamic"):
+            raise ValueError(f"tree must be static or dynamic, got {self.kind!r}")
+        for name in ("total_tokens", "depth", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.kind == "static":
+            static_tree(self.choices)  # raises ValueError naming a malformed choices list
+
+    @property
+    def max_depth(self) -> int:
+        return max(map(len, self.choices)) if self.kind == "static" else self.depth + 1
+
+
+# Default dynamic trees per device type. CPU: measured by `python -m specref calibrate` on the 2-core CI
+# machine (every verified node and head step costs real time there). CUDA: EAGLE-2's published setting
+# (60 nodes are nearly free on a GPU), not yet measured by specref; run `calibrate --device cuda`.
+DEVICE_TREES = {"cpu": TreeSpec(total_tokens=16, depth=4, top_k=4),
+                "cuda": TreeSpec(total_tokens=60, depth=5, top_k=10)}
+
+
+def tree_for(device_type: str, kind: str = "dynamic", choices: str | Sequence[Sequence[int]] = "eagle",
+             total_tokens: int | None = None, depth: int | None = None, top_k: int | None = None) -> TreeSpec:
+    """A tree spec from command-line values; the dynamic tree's unset sizes come from the device's default."""
+    base = DEVICE_TREES.get(device_type, DEVICE_TREES["cpu"])
+    def pick(value: int | None, default: int) -> int:
+        return default if value is None else value
+
+    return TreeSpec(kind, read_choices(choices), pick(total_tokens, base.total_tokens), pick(depth, base.depth),
+                    pick(top_k, base.top_k))
+
+
+def parse_tree(text: str, device_type: str = "cpu") -> TreeSpec:
+    """`dynamic` (the device default), `dynamic:TOTAL:DEPTH:TOP_K`, `static` or `static:CHOICES` (a name or a
+    JSON file), as the bench's --trees takes them."""
+    kind, _, rest = text.partition(":")
+    if kind == "static":
+        return tree_for(device_type, "static", rest or "eagle")
+    sizes = rest.split(":") if rest else []
+    if kind != "dynamic" or len(sizes) not in (0, 3) or not all(v.isdigit() for v in sizes):
+        raise ValueError(f"tree {text!r}: expected dynamic, dynamic:TOTAL:DEPTH:TOP_K, static or static:CHOICES")
+    return tree_for(device_type, "dynamic", "eagle", *map(int, sizes))
+
+
+def describe(tree: TreeSpec) -> str:
+    if tree.kind == "static":
+        name = next((k for k, v in NAMED_CHOICES.items() if v == tree.choices), "custom")
+        return f"static {name} ({len(tree.choices)} nodes)"
+    return f"dynamic {tree.total_tokens}/{tree.depth}/{tree.top_k}"
+
+
+def grow_static(choices: list[list[int]], root_g: Tensor, root_logits: Tensor, step: HeadStep,
+                root_pos: Tensor) -> tuple[np.ndarray, Tensor]:
+    """Tokens of a static tree: node i takes rank ranks[i] of its parent's draft logits. Returns parents (B, n)
+    and tokens (B, n) (column 0 is a placeholder for the root). Only nodes with children run the head."""
+    parents, ranks = static_tree(choices)
+    depth, mask, _ = tree_buffers(parents)
+    n, b = len(parents), root_g.shape[0]
+    tokens = torch.zeros(b, n, dtype=torch.long, device=root_g.device)
+    g = root_g.new_zeros(b, n, root_g.shape[-1])
+    logits = root_logits.new_zeros(b, n, root_logits.shape[-1])
+    g[:, 0], logits[:, 0] = root_g, root_logits
+    expanded: list[int] = []  # nodes whose head step is in the cache this round, in cache order
+    for level in range(1, int(depth.max()) + 1):
+        nodes = np.flatnonzero(depth == level)
+        for i in nodes:
+            tokens[:, i] = logits[:, parents[i]].topk(int(ranks[i]) + 1, dim=-1).indices[:, -1]
+        parents_of_next = set(parents[depth == level + 1].tolist())
+        stepped = [int(i) for i in nodes if i in parents_of_next]
+        if not stepped:
+            continue
+        cols = expanded + stepped
+        sub = torch.from_numpy(mask[np.ix_(stepped, cols)]).to(root_g.device)
+        out_g, out_logits = step(tokens[:, stepped], g[:, parents[stepped]],
+                                 root_pos + torch.as_tensor(level, device=root_pos.device).expand(b, len(stepped)),
+                                 sub[None])
+        g[:, stepped], logits[:, stepped] = out_g, out_logits
+        expanded = cols
+    return np.broadcast_to(parents, (b, n)).copy(), tokens
+
+
+def grow_dynamic(spec: TreeSpec, root_g: Tensor, root_logits: Tensor, step: HeadStep,
+                 root_pos: Tensor) -> tuple[np.ndarray, Tensor]:
+    """EAGLE-2's dynamic tree, per sequence: parents (B, n) and tokens (B, n), n = total_tokens."""
+    b, k, dev = root_g.shape[0], spec.top_k, root_g.device
+    top = root_logits.float().log_softmax(-1).topk(k, dim=-1)
+    # Every recorded candidate: token, score (cumulative log-prob), parent candidate (-1 = root), depth.
+    tokens, scores = [top.indices], [top.values]
+    parent = [torch.full((b, k), -1, device=dev)]
+    depth = [torch.ones(b, k, dtype=torch.long, device=dev)]
+    frontier = torch.arange(k, device=dev).expand(b, k)  # candidate indices expanded next
+    front_g = root_g[:, None].expand(b, k, -1)
+    expanded_rows: Tensor | None = None  # candidate index of each row appended to the head cache this round
+    for level in range(1, spec.depth + 1):
+        all_parent = torch.cat(parent, 1)
+        count = all_parent.shape[1]
+        # ancestors of each frontier candidate (itself included), among candidates
+        anc = torch.zeros(b, k, count, dtype=torch.bool, device=dev)
+        node = frontier.clone()
+        for _ in range(level):
+            valid = node >= 0
+            anc.scatter_(2, node.clamp_min(0)[..., None], valid[..., None])
+            node = torch.where(valid, all_parent.gather(1, node.clamp_min(0)), node)
+        cols = frontier if expanded_rows is None else torch.cat([expanded_rows, frontier], 1)
+        sub = anc.gather(2, cols[:, None, :].expand(b, k, cols.shape[1]))
+        out_g, out_logits = step(torch.cat(tokens, 1).gather(1, frontier), front_g,
+                                 root_pos + torch.as_tensor(level, device=dev).expand(b, k), sub)
+        expanded_rows = cols
+        child = out_logits.float().log_softmax(-1).topk(k, dim=-1)  # (B, k, k)
+        child_scores = torch.cat(scores, 1).gather(1, frontier)[..., None] + child.values
+        start = count
+        tokens.append(child.indices.reshape(b, k * k))
+        scores.append(child_scores.reshape(b, k * k))
+        parent.append(frontier[..., None].expand(b, k, k).reshape(b, k * k))
+        depth.append(torch.full((b, k * k), level + 1, device=dev))
+        best = scores[-1].topk(k, dim=-1).indices
+        frontier = start + best
+        front_g = out_g.gather(1, (best // k)[..., None].expand(b, k, out_g.shape[-1]))
+    return select(spec.total_tokens, torch.cat(tokens, 1), torch.cat(scores, 1), torch.cat(parent, 1),
+                  torch.cat(depth, 1))
+
+
+def select(total: int, tokens: Tensor, scores: Tensor, parent: Tensor, depth: Tensor) -> tuple[np.ndarray, Tensor]:
+    """Keep the total - 1 best candidates (ties: shallower first, so a kept node's parent is kept too) and
+    lay them out as trees: by depth, then candidate order; returns parents (B, n) and tokens (B, n)."""
+    b, m = tokens.shape
+    keep = min(total - 1, m)
+    order = torch.argsort(-scores.double() + depth.double() * 1e-9, dim=1, stable=True)[:, :keep]
+    order = order.gather(1, torch.argsort(depth.gather(1, order) * m + order, dim=1))  # by depth, then index
+    node_of = torch.full((b, m), -1, dtype=torch.long, device=tokens.device)
+    node_of.scatter_(1, order, torch.arange(1, keep + 1, device=tokens.device).expand(b, keep))
+    par = parent.gather(1, order)
+    parents = torch.where(par < 0, 0, node_of.gather(1, par.clamp_min(0)))
+    out_tokens = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=tokens.device), tokens.gather(1, order)], 1)
+    parents = torch.cat([torch.full((b, 1), -1, device=tokens.device), parents], 1)
+    return parents.cpu().numpy(), out_tokens

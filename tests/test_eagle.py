@@ -1,0 +1,173 @@
+"""EAGLE tree speculation end to end: exact law (G-test), greedy identity, KV cache, heads' checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import ALPHA_TEST, exact_law, g_test, tiny_target, total_variation
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specref import SamplingParams, generate_ar
+from specref.eagle import load_head, random_head, save_head
+from specref.eagle_decode import generate as generate_eagle
+from specref.tree import TreeSpec
+
+N = 20_000
+LENGTH = 3
+PROMPT = [3, 1, 4]
+SMALL_STATIC = TreeSpec("static", choices=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]])
+SMALL_DYNAMIC = TreeSpec("dynamic", total_tokens=7, depth=2, top_k=2)
+GREEDY = SamplingParams(0.0)
+
+
+def head_for(target, kind: str, seed: int = 5):
+    taps = (0, 1, 1) if kind == "eagle3" else None
+    vd = 6 if kind == "eagle3" else None  # EAGLE-3 drafts from a reduced vocabulary
+    return random_head(kind, target, seed, layer_ids=taps, draft_vocab_size=vd, scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_target()
+
+
+CASES = [
+    ("eagle", SMALL_STATIC, SamplingParams(1.0)),
+    ("eagle", SMALL_DYNAMIC, SamplingParams(0.7, top_k=4)),
+    ("eagle3", SMALL_STATIC, SamplingParams(0.7, top_p=0.85)),
+    ("eagle3", SMALL_DYNAMIC, SamplingParams(1.0, top_k=5, top_p=0.9)),
+]
+
+
+@pytest.mark.parametrize(("kind", "tree", "params"), CASES)
+def test_eagle_sampling_matches_exact_law(target, kind, tree, params):
+    head = head_for(target, kind)
+    out = generate_eagle(target, head, PROMPT, tree=tree, max_new_tokens=LENGTH, params=params, seed=7,
+                         num_samples=N)
+    assert all(len(s) == LENGTH for s in out.token_ids)
+    assert out.stats.accepted > 0, "the test must exercise accepted tree paths"
+    law = exact_law(target, PROMPT, LENGTH, params)
+    pvalue = g_test(out.token_ids, law, LENGTH)
+    assert pvalue > ALPHA_TEST, f"G-test p = {pvalue:.3g}, TV = {total_variation(out.token_ids, law, LENGTH):.4f}"
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(kind=st.sampled_from(["eagle", "eagle3"]), static=st.booleans(), seed=st.integers(0, 50),
+       prompt=st.lists(st.integers(0, 7), min_size=2, max_size=6), max_new=st.integers(1, 30))
+def test_greedy_eagle_equals_greedy_ar(target, kind, static, seed, prompt, max_new):
+    head = head_for(target, kind, seed)
+    tree = SMALL_STATIC if static else SMALL_DYNAMIC
+    ar = generate_ar(target, prompt, max_new_tokens=max_new, params=GREEDY)
+    out = generate_eagle(target, head, prompt, tree=tree, max_new_tokens=max_new, params=GREEDY)
+    assert out.token_ids == ar.token_ids
+
+
+@torch.inference_mode()
+def test_target_kv_after_tree_rounds_equals_recompute(target):
+    """Every cached tree forward of a long sampled run equals a no-cache recompute of each node's path."""
+    t = copy.deepcopy(target)
+    head = head_for(t, "eagle3", seed=9)
+    calls = []
+    forward = t.forward
+
+    def recording(ids, pos, cache=None, mask=None, **kw):
+        out = forward(ids, pos, cache, mask, **kw)
+        if cache is not None and out.logits is not None:
+            calls.append((ids.clone(), pos.clone(), None if mask is None else mask.clone(), out.logits.clone()))
+        return out
+
+    t.forward = recording
+    out = generate_eagle(t, head, [1, 2, 3], tree=SMALL_DYNAMIC, max_new_tokens=40, params=SamplingParams(1.0),
+                         seed=3, num_samples=3)
+    del t.forward
+    assert out.stats.accepted > 0 and len(calls) > 10
+    final = [[1, 2, 3, *row] for row in out.token_ids]
+    for ids, pos, mask, logits in calls:
+        for b, seq in enumerate(final):
+            start = int(pos[b, 0])
+            for i in range(ids.shape[1]):
+                path = [j for j in range(ids.shape[1]) if mask[b if mask.shape[0] > 1 else 0, i, j]]
+                x = torch.tensor(seq[:start] + ids[b, path].tolist())[None]
+                p = torch.cat([torch.arange(start), pos[b, path]])[None]
+                torch.testing.assert_close(logits[b, i], t(x, p).logits[0, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+def test_head_checkpoint_round_trip(tmp_path, target, kind):
+    head = head_for(target, kind)
+    save_head(head, tmp_path / "head")
+    loaded = load_head(tmp_path / "head", target)
+    assert loaded.config == head.config
+    width = head.config.hidden if kind == "eagle" else head.fc.weight.shape[1]  # final hidden, or 3 taps
+    tokens, feats = torch.tensor([[1, 2, 3]]), torch.randn(1, 3, width, dtype=torch.float64)
+    pos = torch.arange(3)[None]
+    with torch.no_grad():
+        for a, b in zip(head(tokens, feats, pos), loaded(tokens, feats, pos), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_original_eagle_layout_with_bias_and_embedding(tmp_path, target):
+    """EAGLE-1/HASS files: fc.bias decided by the weights, an embed_tokens copy used when present, .bin read
+    with weights_only."""
+    import json
+
+    from safetensors.torch import load_file
+
+    head = head_for(target, "eagle")
+    save_head(head, tmp_path / "h")
+    weights = load_file(tmp_path / "h" / "model.safetensors")
+    weights["embed_tokens.weight"] = torch.randn(8, 16, dtype=torch.float64)
+    cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+    cfg["bias"] = False  # the config lies; the weights carry fc.bias (SafeAILab/EAGLE #100)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text(json.dumps(cfg))
+    torch.save(weights, tmp_path / "bin" / "pytorch_model.bin")
+    loaded = load_head(tmp_path / "bin", target)
+    assert loaded.fc.bias is not None and loaded.embed_tokens is not None
+    torch.testing.assert_close(loaded.embed_tokens.weight, weights["embed_tokens.weight"])
+
+
+def test_bad_heads_and_trees(tmp_path, target):
+    head = head_for(target, "eagle")
+    save_head(head, tmp_path / "h")
+    other = tiny_target(vocab=12, seed=3)
+    with pytest.raises(ValueError, match="vocab size"):
+        load_head(tmp_path / "h", other)
+    foreign = random_head("eagle", tiny_target(vocab=8, seed=1), 0)  # built for another model object
+    with pytest.raises(ValueError, match="another target"):
+        generate_eagle(target, foreign, PROMPT, tree=SMALL_STATIC, max_new_tokens=2)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        generate_eagle(target, head, [1], tree=SMALL_STATIC, max_new_tokens=2)
+    for bad in ({"total_tokens": 0}, {"depth": 0}, {"top_k": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TreeSpec("dynamic", **bad)
+    for choices in ([[0], [0]], [[0, 1]], [[-1]], [[]]):
+        with pytest.raises(ValueError):
+            TreeSpec("static", choices=choices)
+    with pytest.raises(FileNotFoundError):
+        load_head(tmp_path / "missing", target)
+
+
+def test_shipped_choice_lists_and_tree_specs(tmp_path):
+    import json
+
+    import numpy as np
+
+    from specref._sampler import static_tree, tree_buffers
+    from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES, parse_tree, read_choices
+
+    for choices, per_depth in ((DEFAULT_CHOICES, [4, 8, 8, 3, 2]), (MEDUSA_CHOICES, [10, 28, 22, 3])):
+        depth, _, _ = tree_buffers(static_tree(choices)[0])
+        assert np.bincount(depth)[1:].tolist() == per_depth
+    assert parse_tree("dynamic", "cuda") == DEVICE_TREES["cuda"]
+    assert parse_tree("dynamic:9:3:2") == TreeSpec(total_tokens=9, depth=3, top_k=2)
+    assert parse_tree("static:medusa").choices == MEDUSA_CHOICES
+    (tmp_path / "c.json").write_text(json.dumps([[0], [0, 0]]))
+    assert read_choices(str(tmp_path / "c.json")) == [[0], [0, 0]]
+    (tmp_path / "bad.json").write_text("[[0], 3]")
+    for bad in ("dynamic:9:3", "dynamic:a:b:c", "bushy", "static:nothing", f"static:{tmp_path / 'bad.json'}"):
+        with pytest.raises(ValueError):
+            parse_tree(bad)

@@ -1,0 +1,48 @@
+"""`specref train-eagle` end to end on a tiny target: both head kinds train, load, decode, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_cli import checkpoints  # noqa: F401  (the tiny target + tokenizer fixture)
+
+from specref import SamplingParams, generate_ar
+from specref.eagle import load_head
+from specref.eagle_decode import generate as generate_eagle
+from specref.loading import load_model
+from specref.train_eagle import train_eagle
+from specref.tree import TreeSpec
+
+SMALL = {"train_prompts": 6, "samples": 2, "max_new_tokens": 6, "epochs": 2, "eval_prompts": 2, "vocab": 8,
+         "batch_tokens": 64, "eval_new_tokens": 8, "tree": TreeSpec(total_tokens=5, depth=2, top_k=2)}
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+def test_train_eagle_saves_a_head_that_decodes_and_resumes(tmp_path, checkpoints, kind):  # noqa: F811
+    target_dir = checkpoints[0]
+    result = train_eagle(str(tmp_path / "a"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
+                         **SMALL)
+    assert result["steps"] > 0 and result["tau"] >= 1.0
+    assert json.loads((tmp_path / "a" / "training.json").read_text())["kind"] == kind
+    weights = load_file(tmp_path / "a" / "model.safetensors")
+    assert all(w.dtype == torch.bfloat16 for k, w in weights.items() if k != "d2t")
+    assert not any(k.startswith(("lm_head", "embed")) for k in weights) or kind == "eagle3"
+    target = load_model(target_dir)
+    head = load_head(tmp_path / "a", target)
+    assert head.config.kind == kind
+    prompt = [1, 5, 9]
+    ar = generate_ar(target, prompt, max_new_tokens=10, params=SamplingParams(0.0))
+    out = generate_eagle(target, head, prompt, tree=SMALL["tree"], max_new_tokens=10, params=SamplingParams(0.0))
+    assert out.token_ids == ar.token_ids
+    again = train_eagle(str(tmp_path / "b"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
+                        **SMALL)
+    assert again["final_loss"] is None  # resumed at the last step: nothing left to train
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(weights[k], b[k]) for k in weights)
+    with pytest.raises(ValueError, match="other settings"):
+        train_eagle(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
+                    **{**SMALL, "unroll": 1})
+    assert not (tmp_path / "c").exists()
