@@ -136,7 +136,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
 
     def specref_run(method: int | TreeSpec | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
         """AR (None), SpS (gamma) or EAGLE (a tree) over the prompts."""
-        outs, tokens, seconds, accepted, tried, rounds = [], 0, 0.0, 0, 0, 0
+        outs, tokens, seconds, accepted, tried, rounds, nodes = [], 0, 0.0, 0, 0, 0, 0
         for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):  # rep -1: a short warm-up
             kw = {"max_new_tokens": max_new_tokens if rep >= 0 else 16, "params": params,
                   "seed": seed + 100 * (rep + 1) + i, "eos_token_ids": eos}
@@ -149,9 +149,9 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             outs.append(g.token_ids[0])
             tokens, seconds = tokens + g.stats.new_tokens, seconds + g.stats.wall_time
             accepted, tried = accepted + g.stats.accepted, tried + g.stats.tried
-            rounds += g.stats.rounds
+            rounds, nodes = rounds + g.stats.rounds, nodes + g.stats.tree_nodes
         return outs, {"tokens": tokens, "seconds": seconds, "alpha": accepted / tried if tried else None,
-                      "tau": tokens / rounds}
+                      "tau": tokens / rounds, "tree_size": nodes / rounds if nodes else None}
 
     def hf_run(assistant: Any, params: SamplingParams, rep: int, **extra: Any) -> tuple[list[list[int]], dict]:
         outs, tokens, seconds = [], 0, 0.0
@@ -201,7 +201,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             alpha = runs[0]["alpha"]
             results.append({"method": name, "temperature": temp, "tokens_per_s": tps,
                             "tokens": runs[0]["tokens"], "alpha": alpha,
-                            "tau": statistics.median(r["tau"] for r in runs) if runs[0]["tau"] else None})
+                            "tau": statistics.median(r["tau"] for r in runs) if runs[0]["tau"] else None,
+                            "tree_size": runs[0].get("tree_size")})
     for r in results:
         base = {m["method"]: m["tokens_per_s"] for m in results if m["temperature"] == r["temperature"]}
         r["speedup_vs_specref_ar"] = r["tokens_per_s"] / base["specref AR"]
@@ -240,11 +241,11 @@ def print_table(s: dict[str, Any]) -> None:
     print(f"\nmachine: {s['machine']}; {s['prompts']} held-out prompts x {s['max_new_tokens']} new tokens, "
           f"median of {s['repeats']}; c = {s['cost_ratio_c']:.3f}; target step {s['target_step_ms']:.1f} ms "
           f"(weight-read floor {s['weight_read_floor_ms']:.1f} ms at {s['read_bandwidth_GBps']:.0f} GB/s)")
-    print(f"{'method':28s} {'T':>4s} {'tok/s':>7s} {'vs AR':>6s} {'vs HF':>6s} {'alpha':>6s} {'tau':>5s} {'pred':>5s}")
+    print(f"{'method':38s} {'T':>4s} {'tok/s':>7s} {'vs AR':>6s} {'vs HF':>6s} {'alpha':>6s} {'tau':>5s} {'pred':>5s}")
     for r in s["rows"]:
         alpha, tau, pred = (format(v, ".3g") if v is not None else "-"
                             for v in (r["alpha"], r["tau"], r.get("predicted_speedup")))
-        print(f"{r['method']:28s} {r['temperature']:4.1f} {r['tokens_per_s']:7.1f} "
+        print(f"{r['method']:38s} {r['temperature']:4.1f} {r['tokens_per_s']:7.1f} "
               f"{r['speedup_vs_specref_ar']:6.2f} {r['speedup_vs_hf_ar']:6.2f} {alpha:>6s} {tau:>5s} {pred:>5s}")
     same = "identical" if s["greedy_identical"] else f"NOT identical: {s['greedy_mismatches_vs_hf_ar']}"
     print(f"greedy outputs of all rows vs HF AR: {same}")

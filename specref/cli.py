@@ -248,7 +248,7 @@ class CLI:
         print(json.dumps(result, indent=2))
 
     def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
-                    vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 6,
+                    vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 14,
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None) -> None:

@@ -93,7 +93,7 @@ class TreeSpec:
 # Default dynamic trees per device type. CPU: measured by `python -m specref calibrate` on the 2-core CI
 # machine (every verified node and head step costs real time there). CUDA: EAGLE-2's published setting
 # (60 nodes are nearly free on a GPU), not yet measured by specref; run `calibrate --device cuda`.
-DEVICE_TREES = {"cpu": TreeSpec(total_tokens=16, depth=4, top_k=4),
+DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
                 "cuda": TreeSpec(total_tokens=60, depth=5, top_k=10)}
 
 
