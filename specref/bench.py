@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,21 +67,28 @@ def predicted_speedup(alpha: float, gamma: int, c: float) -> float:
     return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
 
 
-@torch.inference_mode()
-def step_time(model: Llama, device: torch.device, tokens: int = 1, repeats: int = 30) -> float:
-    """Median seconds of one forward of `tokens` new tokens over a 128-token cache (1: a decoding step; more:
-    a verification of that many drafted tokens, which costs the same under any mask)."""
-    cache = model.new_cache(1, 256)
-    model(torch.arange(128, device=device)[None], torch.arange(128, device=device)[None], cache)
-    ids, pos, times = torch.full((1, tokens), 5, device=device), 128 + torch.arange(tokens, device=device)[None], []
+def median_seconds(call: Callable[[], object], reset: Callable[[], None], device: torch.device,
+                   repeats: int = 30) -> float:
+    """Median seconds of `call()` over `repeats` runs after 3 warm-ups, `reset()` (untimed) before each."""
+    times = []
     for _ in range(repeats + 3):
-        cache.keep(torch.tensor([128]))
+        reset()
         t = time.perf_counter()
-        model(ids, pos, cache)
+        call()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return statistics.median(times[3:])
+
+
+@torch.inference_mode()
+def step_time(model: Llama, device: torch.device, tokens: int = 1) -> float:
+    """Median seconds of one forward of `tokens` new tokens over a 128-token cache (1: a decoding step; more:
+    a verification of that many drafted tokens, which costs the same under any mask)."""
+    cache = model.new_cache(1, 256)
+    model(torch.arange(128, device=device)[None], torch.arange(128, device=device)[None], cache)
+    ids, pos = torch.full((1, tokens), 5, device=device), 128 + torch.arange(tokens, device=device)[None]
+    return median_seconds(lambda: model(ids, pos, cache), lambda: cache.keep(torch.tensor([128])), device)
 
 
 def weight_read_floor(model: Llama) -> tuple[float, float]:
@@ -132,7 +140,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     if pack:
         for model in (target, draft, head):
             pack_linears(model)
-    c = step_time(draft, dev) / step_time(target, dev)
+    target_step = step_time(target, dev)
+    c = step_time(draft, dev) / target_step
 
     def specref_run(method: int | TreeSpec | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
         """AR (None), SpS (gamma) or EAGLE (a tree) over the prompts."""
@@ -215,7 +224,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
                   for name, outs in greedy_outputs.items() if reference is not None}
     summary = {
         "machine": machine(dev), "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats,
-        "packed_linears": pack, "cost_ratio_c": c, "target_step_ms": step_time(target, dev) * 1e3,
+        "packed_linears": pack, "cost_ratio_c": c, "target_step_ms": target_step * 1e3,
         "weight_read_floor_ms": floor * 1e3, "read_bandwidth_GBps": bandwidth,
         "generate_peak_rss_gb": generate_peak_rss_gb(texts[0], max_new_tokens, device),
         "greedy_mismatches_vs_hf_ar": mismatches,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode
-from specref.bench import step_time
+from specref.bench import median_seconds, step_time
 from specref.cpu import pack_linears
 from specref.default_model import default_head_dir, default_target_dir
 from specref.eagle import EagleHead, load_head
@@ -33,7 +31,7 @@ GRID = {"total_tokens": (6, 10, 16, 24, 32), "depth": (3, 4, 6), "top_k": (2, 4,
 
 
 @torch.inference_mode()
-def head_step_time(head: EagleHead, device: torch.device, tokens: int, repeats: int = 30) -> float:
+def head_step_time(head: EagleHead, device: torch.device, tokens: int) -> float:
     """Median seconds of one tree-expansion step of the head over `tokens` frontier nodes, logits included."""
     cache = head.new_cache(1, 256)
     width = head.config.hidden if head.config.kind == "eagle" else 3 * head.target.config.hidden_size
@@ -41,16 +39,9 @@ def head_step_time(head: EagleHead, device: torch.device, tokens: int, repeats: 
     head(torch.arange(128, device=device)[None], feats, torch.arange(128, device=device)[None], cache)
     ids = torch.full((1, tokens), 5, device=device)
     g = torch.zeros(1, tokens, head.config.hidden, dtype=head.dtype, device=device)
-    pos, times = torch.full((1, tokens), 128, device=device), []
+    pos = torch.full((1, tokens), 128, device=device)
     mask = torch.eye(tokens, dtype=torch.bool, device=device)[None]
-    for _ in range(repeats + 3):
-        cache.keep(torch.tensor([128]))
-        t = time.perf_counter()
-        head(ids, g, pos, cache, mask)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[3:])
+    return median_seconds(lambda: head(ids, g, pos, cache, mask), lambda: cache.keep(torch.tensor([128])), device)
 
 
 def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",

@@ -288,16 +288,25 @@ def save_head(head: EagleHead, path: str | Path, *, dtype: torch.dtype | None = 
         raise
 
 
+def new_head_config(target: ModelConfig, kind: str, *, layers: int = 1, fc_bias: bool = False,
+                    draft_vocab_size: int | None = None, layer_ids: tuple[int, ...] | None = None) -> HeadConfig:
+    """A new head's config, its layers shaped like the target's; EAGLE-3 drafts from `draft_vocab_size` tokens
+    (default: all) and fuses `layer_ids` (default: `default_layer_ids`)."""
+    layer = replace(target, num_hidden_layers=layers, tie_word_embeddings=False, head_vocab_size=None,
+                    shares_target_embeddings=False)
+    if kind != "eagle3":
+        return HeadConfig(kind=kind, layer=layer, fc_bias=fc_bias)
+    return HeadConfig(kind=kind, layer=layer, fc_bias=fc_bias, draft_vocab_size=draft_vocab_size or target.vocab_size,
+                      layer_ids=layer_ids or default_layer_ids(target.num_hidden_layers))
+
+
 def random_head(kind: str, target: Llama, seed: int, *, layers: int = 1, draft_vocab_size: int | None = None,
                 layer_ids: tuple[int, ...] | None = None, scale: float = 1.0) -> EagleHead:
     """A head with seeded random weights shaped for `target` (tests: losslessness must hold for any head)."""
     c = target.config
-    layer = replace(c, num_hidden_layers=layers, tie_word_embeddings=False, head_vocab_size=None,
-                    shares_target_embeddings=False)
-    vd = draft_vocab_size or c.vocab_size
-    ids = (layer_ids or default_layer_ids(c.num_hidden_layers)) if kind == "eagle3" else ()
-    config = HeadConfig(kind=kind, layer=layer, fc_bias=kind == "eagle", draft_vocab_size=vd if kind == "eagle3"
-                        else None, layer_ids=ids)
+    config = new_head_config(c, kind, layers=layers, fc_bias=kind == "eagle", draft_vocab_size=draft_vocab_size,
+                             layer_ids=layer_ids)
+    vd = config.draft_vocab_size
     g = torch.Generator().manual_seed(seed)
     head = EagleHead(config, target)
     with torch.no_grad():

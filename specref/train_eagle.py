@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from specref import eagle_decode
 from specref.distill import distill_loss, draft_vocabulary, fit, load_examples, pad
-from specref.eagle import KINDS, EagleHead, HeadConfig, default_layer_ids, save_head
+from specref.eagle import KINDS, EagleHead, default_layer_ids, new_head_config, save_head
 from specref.logits import SamplingParams
 from specref.model import Llama
 from specref.train_draft import prepare
@@ -60,13 +59,7 @@ class UnrollCache:
 def new_head(target: Llama, kind: str, vocab_ids: Tensor, seed: int) -> EagleHead:
     """A fresh head: PyTorch's default init, its output rows (EAGLE-3) and norms copied from the target."""
     torch.manual_seed(seed)
-    c = target.config
-    layer = replace(c, num_hidden_layers=1, tie_word_embeddings=False, head_vocab_size=None,
-                    shares_target_embeddings=False)
-    config = HeadConfig(kind=kind, layer=layer, fc_bias=False,
-                        draft_vocab_size=len(vocab_ids) if kind == "eagle3" else None,
-                        layer_ids=default_layer_ids(c.num_hidden_layers) if kind == "eagle3" else ())
-    head = EagleHead(config, target)
+    head = EagleHead(new_head_config(target.config, kind, draft_vocab_size=len(vocab_ids)), target)
     if kind == "eagle3":
         with torch.no_grad():
             head.lm_head.weight.copy_(target.lm_head.weight[vocab_ids])
