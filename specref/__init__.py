@@ -14,7 +14,7 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 from specref.autoregressive import generate as generate_ar
-from specref.loading import load_model, load_tokenizer, save_model
+from specref.formats.hf import load_model, load_tokenizer, save_model
 from specref.logits import SamplingParams, process_logits
 from specref.model import Llama, ModelConfig, random_model
 from specref.sps import generate as generate_sps

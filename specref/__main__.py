@@ -1,4 +1,4 @@
-from specref.cli import main
+from specref.tools.cli import main
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,9 @@ Acceptance descends with r = p[child]; at a leaf or after rejecting every child,
 verifier is this walk on a path of IidSampled nodes.
 
 Every function validates its arguments before drawing any randomness and raises ``ValueError`` naming
-the argument, the position and the problem; an internal panic surfaces as ``RuntimeError``.
+the argument, the position and the problem; an internal panic surfaces as ``RuntimeError``. The ``flaw``
+arguments re-inject known bugs for the mutation tests (``rust_sampler/src/mutants.rs``): a different coin,
+tree or p rows handed to the unchanged verifiers; production calls never pass one.
 """
 
 from typing import Final

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from specref.checks import check_count, check_request
+from specref.checks import check_request, samples_of
 from specref.kv_cache import KVCache
 from specref.logits import SamplingParams, process_logits, sample
 from specref.model import Llama
@@ -50,21 +51,17 @@ def generate_batch(model: Llama, prompts: Sequence[Sequence[int]], *, max_new_to
     cache = model.new_cache(len(prompts), int(seqs.limits.max()))
     prefill(model, cache, seqs)
     while seqs.active.any():
-        probs = process_logits(model(*tensors(model, *seqs.last(1)), cache).logits[:, -1], params)
-        token = sample(probs, generator).cpu().numpy()
+        p = process_logits(model(*tensors(model, *seqs.last(1)), cache).logits[:, -1], params)  # p(· | x_<t)
+        token = sample(p, generator).cpu().numpy()  # x_t ~ p
         stats.target_calls += 1
         stats.rounds += int(seqs.active.sum())
         seqs.commit(token[:, None], np.ones(len(prompts), dtype=np.int64))
-        cache.keep(torch.from_numpy(seqs.lengths - 1))
+        cache.keep(torch.from_numpy(seqs.lengths - 1))  # x_t is the next input, not yet cached
     stats.new_tokens = seqs.new_tokens
     stats.wall_time = time.perf_counter() - start
     return Generation(seqs.outputs(), stats)
 
 
-def generate(model: Llama, prompt_ids: Sequence[int], *, max_new_tokens: int,
-             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
-             eos_token_ids: Sequence[int] = (), stream: Stream | None = None) -> Generation:
-    """Sample `num_samples` independent continuations of `prompt_ids` (greedy when params.temperature == 0)."""
-    return generate_batch(model, [list(prompt_ids)] * check_count("num_samples", num_samples),
-                          max_new_tokens=max_new_tokens, params=params, seed=seed, eos_token_ids=eos_token_ids,
-                          stream=stream)
+def generate(model: Llama, prompt_ids: Sequence[int], *, num_samples: int = 1, **kw: Any) -> Generation:
+    """Sample `num_samples` independent continuations of `prompt_ids` (keywords as in `generate_batch`)."""
+    return generate_batch(model, samples_of(prompt_ids, num_samples), **kw)

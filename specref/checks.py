@@ -40,3 +40,8 @@ def check_pair(target: ModelConfig, draft: ModelConfig) -> None:
     if draft.vocab_size != target.vocab_size:
         raise ValueError(f"draft vocab size {draft.vocab_size} differs from the target's "
                          f"{target.vocab_size}: the two models must share one tokenizer")
+
+
+def samples_of(prompt_ids: Sequence[int], num_samples: int) -> list[list[int]]:
+    """`num_samples` copies of one prompt: independent continuations are one batch."""
+    return [list(prompt_ids)] * check_count("num_samples", num_samples)

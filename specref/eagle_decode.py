@@ -3,10 +3,12 @@ scores every node under an ancestor mask, and the Rust verifier keeps a root-to-
 
 One round, with x_0..x_{L-1} committed (the target cache holds all but the last, which is the tree's root):
 
-    grow    the head, started from its output at the root, drafts a tree (static or EAGLE-2 dynamic);
+    grow    the head, started from its output at the root, drafts a tree (static or EAGLE-2 dynamic) of the
+            draft's top-ranked tokens;
     score   the target runs [root, nodes] at positions L-1 + depth under the ancestor mask: p per node;
-    verify  delta-verification, node by node: accept child x with the residual probability r(x), else zero
-            r(x) and renormalise; stop with y ~ r (Li et al. 2024, EAGLE-2; lossless.md Lemma 2);
+    verify  δ-verification, node by node: accept child x with the residual probability r(x), else zero r(x)
+            and renormalise; stop with y ~ r (Li et al. 2024, EAGLE-2; lossless.md Lemma 2). Top-ranked
+            children are chosen without the target's randomness, so they need no q ratio;
     keep    the target's K/V rows of the accepted path are gathered into place (`KVCache.keep`); the head
             re-reads the accepted tokens with the target's real features, and its tree rows are dropped.
 
@@ -17,26 +19,100 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from specref._sampler import tree_buffers, verify_tree
 from specref.autoregressive import tensors
-from specref.checks import check_count, check_request
+from specref.checks import check_request, samples_of
 from specref.eagle import EagleHead
+from specref.kv_cache import KVCache
 from specref.logits import SamplingParams, process_logits
-from specref.model import Llama
+from specref.model import Llama, Output
 from specref.seeds import streams
 from specref.sequences import Sequences, Stream
 from specref.stats import Generation, Stats
 from specref.tree import TreeSpec, grow_dynamic, grow_static
 
+DETERMINISTIC = 0  # the verifier's kind code for children chosen without randomness: δ-verification
 
-def last_of(x: torch.Tensor, count: np.ndarray) -> torch.Tensor:
+
+def last_of(x: Tensor, count: np.ndarray) -> Tensor:
     """Row b's entry at index count[b] - 1 of x (B, T, ...)."""
     idx = torch.from_numpy(count - 1).to(x.device)
     return x[torch.arange(x.shape[0], device=x.device), idx]
+
+
+def prefill(target: Llama, head: EagleHead, tcache: KVCache, hcache: KVCache, seqs: Sequences) -> tuple[Tensor, Tensor]:
+    """Cache the prompts in both models; return the head's output and draft logits at the last prompt pair.
+
+    The target caches x_0..x_{P-2} and gives their features f_j; the head reads the pairs (f_j, x_{j+1}) at
+    positions j, and its output at j = P-2 drafts the root's children.
+    """
+    width, batch = int(seqs.prompt_lens.max()) - 1, len(seqs.prompt_lens)
+    ids, pos = tensors(target, seqs.tokens[:, : width + 1], np.arange(width + 1)[None].repeat(batch, 0))
+    out = target(ids[:, :width], pos[:, :width], tcache, return_logits=False, layer_inputs=head.target_layers)
+    tcache.keep(torch.from_numpy(seqs.prompt_lens - 1))
+    g, logits = head(ids[:, 1:], head.features(out.hidden, out.layer_inputs), pos[:, :width], hcache)
+    hcache.keep(torch.from_numpy(seqs.prompt_lens - 1))
+    return last_of(g, seqs.prompt_lens - 1), last_of(logits, seqs.prompt_lens - 1)
+
+
+def grow(tree: TreeSpec, head: EagleHead, hcache: KVCache, root_g: Tensor, root_logits: Tensor,
+         lengths: np.ndarray) -> tuple[np.ndarray, Tensor]:
+    """Grow: parents (B, n) and tokens (B, n) of this round's trees. The head's tree rows are scratch."""
+    root_pos = torch.from_numpy(lengths - 2).to(root_g.device)[:, None]
+    if tree.kind == "static":
+        parents, tokens = grow_static(tree.choices, head, hcache, root_g, root_logits, root_pos)
+    else:
+        parents, tokens = grow_dynamic(tree, head, hcache, root_g, root_logits, root_pos)
+    hcache.keep(torch.from_numpy(lengths - 1))
+    return parents, tokens
+
+
+def score(target: Llama, tcache: KVCache, taps: tuple[int, ...], parents: np.ndarray, tokens: Tensor,
+          lengths: np.ndarray) -> Output:
+    """Score: one target forward over [root, nodes], node i at position L - 1 + depth(i), seeing the cache,
+    its ancestors and itself (the ancestor mask). Tokens' column 0 must hold the root (the last token)."""
+    depth, mask, _ = tree_buffers(parents)
+    positions = torch.from_numpy(lengths[:, None] - 1 + depth).to(target.device)
+    return target(tokens, positions, tcache, mask=torch.from_numpy(mask).to(target.device), layer_inputs=taps)
+
+
+class Path(NamedTuple):
+    """What a round keeps: the emitted tokens (B, W), the accepted node indices from the root (B, W, padded
+    with 0) and each path's length counting the root (B,); W is the longest path."""
+
+    tokens: np.ndarray
+    nodes: np.ndarray
+    length: np.ndarray
+
+
+def accepted_path(tree_tokens: np.ndarray, path: np.ndarray, path_len: np.ndarray, token: np.ndarray) -> Path:
+    """The accepted nodes' tokens, then the correction or bonus `token`, from the verifier's padded paths."""
+    width = int(path_len.max())
+    nodes = np.where(path[:, :width] >= 0, path[:, :width], 0)
+    new = np.concatenate([np.take_along_axis(tree_tokens, nodes[:, 1:], 1), token[:, None]], 1)
+    new[np.arange(len(new)), path_len - 1] = token
+    return Path(new, nodes, path_len)
+
+
+def keep(head: EagleHead, tcache: KVCache, hcache: KVCache, out: Output, path: Path, lengths: np.ndarray,
+         committed: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Keep: gather the target's K/V rows of the accepted path into place; the head re-reads the path with the
+    target's real features, pairs (f_node, next token); return its output and logits at the last pair."""
+    dev = out.hidden.device
+    base, idx = torch.from_numpy(lengths - 1).to(dev), torch.from_numpy(path.nodes).to(dev)
+    tcache.keep(torch.from_numpy(committed - 1), start=base, rows=base[:, None] + idx)
+    feats = head.features(out.hidden, out.layer_inputs)
+    feats = feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1]))
+    pos = base[:, None] + torch.arange(path.nodes.shape[1], device=dev)
+    g, logits = head(torch.from_numpy(path.tokens).to(dev), feats, pos, hcache)
+    hcache.keep(torch.from_numpy(committed - 1))
+    return last_of(g, path.length), last_of(logits, path.length)
 
 
 @torch.inference_mode()
@@ -52,71 +128,31 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
     start, stats = time.perf_counter(), Stats()
     _, coin = streams(seed, target.device)
     seqs = Sequences(prompts, max_new_tokens, eos_token_ids, stream)
-    batch, dev, taps = len(prompts), target.device, head.target_layers
     nodes = len(tree.choices) + 1 if tree.kind == "static" else tree.total_tokens
     capacity = int(seqs.limits.max()) + max(nodes, tree.depth * tree.top_k) + 2
-    tcache, hcache = target.new_cache(batch, capacity), head.new_cache(batch, capacity)
-
-    # Prefill: the target caches x_0..x_{P-2} and gives their features f_j; the head reads the pairs
-    # (f_j, x_{j+1}) at positions j; its output at j = P-2 drafts the root's children.
-    width = int(seqs.prompt_lens.max()) - 1
-    ids, pos = tensors(target, seqs.tokens[:, : width + 1], np.arange(width + 1)[None].repeat(batch, 0))
-    out = target(ids[:, :width], pos[:, :width], tcache, return_logits=False, layer_inputs=taps)
-    tcache.keep(torch.from_numpy(seqs.prompt_lens - 1))
-    g, logits = head(ids[:, 1:], head.features(out.hidden, out.layer_inputs), pos[:, :width], hcache)
-    hcache.keep(torch.from_numpy(seqs.prompt_lens - 1))
-    root_g, root_logits = last_of(g, seqs.prompt_lens - 1), last_of(logits, seqs.prompt_lens - 1)
-
+    tcache, hcache = target.new_cache(len(prompts), capacity), head.new_cache(len(prompts), capacity)
+    root_g, root_logits = prefill(target, head, tcache, hcache, seqs)
     while seqs.active.any():
         lengths = seqs.lengths.copy()
-        root_pos = torch.from_numpy(lengths - 2).to(dev)[:, None]
-
-        def step(tok: torch.Tensor, feat: torch.Tensor, p: torch.Tensor, m: torch.Tensor) -> tuple:
-            return head(tok, feat, p, hcache, m)
-
-        if tree.kind == "static":
-            parents, tree_tokens = grow_static(tree.choices, root_g, root_logits, step, root_pos)
-        else:
-            parents, tree_tokens = grow_dynamic(tree, root_g, root_logits, step, root_pos)
-        hcache.keep(torch.from_numpy(lengths - 1))  # the tree's head rows were scratch
-        stats.draft_calls += 1
-
-        depth, mask, _ = tree_buffers(parents)
-        last = torch.from_numpy(seqs.last(1)[0]).to(dev)
-        tree_tokens[:, :1] = last
-        out = target(tree_tokens, torch.from_numpy(lengths[:, None] - 1 + depth).to(dev), tcache,
-                     mask=torch.from_numpy(mask).to(dev), layer_inputs=taps)
-        p = process_logits(out.logits, params)
-        tok = tree_tokens.cpu().numpy()
-        path, path_len, token, _ = verify_tree(parents, tok, np.zeros_like(parents), p.cpu().numpy(), None, coin)
-
-        width = int(path_len.max())
-        safe = np.where(path[:, :width] >= 0, path[:, :width], 0)
-        new = np.concatenate([np.take_along_axis(tok, safe[:, 1:], 1), token[:, None]], 1)
-        new[np.arange(batch), path_len - 1] = token  # accepted drafts, then the correction or bonus token
+        parents, tokens = grow(tree, head, hcache, root_g, root_logits, lengths)  # 1. grow
+        tokens[:, 0] = torch.from_numpy(seqs.last(1)[0][:, 0]).to(tokens.device)  # the root is the last token
+        out = score(target, tcache, head.target_layers, parents, tokens, lengths)  # 2. score
+        p, tok = process_logits(out.logits, params).cpu().numpy(), tokens.cpu().numpy()
+        kinds = np.full_like(parents, DETERMINISTIC)
+        path, path_len, token, _ = verify_tree(parents, tok, kinds, p, None, coin)  # 3. verify
+        kept = accepted_path(tok, path, path_len, token)
         stats.record_round(tree.max_depth, (path_len - 1)[seqs.active].tolist())
         stats.tree_nodes += (nodes - 1) * int(seqs.active.sum())
         stats.target_calls += 1
-        seqs.commit(new, path_len)
-
-        base = torch.from_numpy(lengths - 1).to(dev)
-        tcache.keep(torch.from_numpy(seqs.lengths - 1), start=base, rows=base[:, None] + torch.from_numpy(safe).to(dev))
-        # The head re-reads the accepted path with the target's real features: pair (f_node, next token).
-        feats = head.features(out.hidden, out.layer_inputs)
-        feats = feats.gather(1, torch.from_numpy(safe).to(dev)[..., None].expand(-1, -1, feats.shape[-1]))
-        g, logits = head(torch.from_numpy(new).to(dev), feats, base[:, None] + torch.arange(width, device=dev),
-                         hcache)
-        hcache.keep(torch.from_numpy(seqs.lengths - 1))
-        root_g, root_logits = last_of(g, path_len), last_of(logits, path_len)
+        stats.draft_calls += 1
+        seqs.commit(kept.tokens, path_len)
+        root_g, root_logits = keep(head, tcache, hcache, out, kept, lengths, seqs.lengths)  # 4. keep
     stats.new_tokens = seqs.new_tokens
     stats.wall_time = time.perf_counter() - start
     return Generation(seqs.outputs(), stats)
 
 
-def generate(target: Llama, head: EagleHead, prompt_ids: Sequence[int], *, tree: TreeSpec, max_new_tokens: int,
-             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
-             eos_token_ids: Sequence[int] = (), stream: Stream | None = None) -> Generation:
-    """Sample `num_samples` continuations of `prompt_ids` from the target with EAGLE tree drafting."""
-    return generate_batch(target, head, [list(prompt_ids)] * check_count("num_samples", num_samples), tree=tree,
-                          max_new_tokens=max_new_tokens, params=params, seed=seed, eos_token_ids=eos_token_ids,
-                          stream=stream)
+def generate(target: Llama, head: EagleHead, prompt_ids: Sequence[int], *, num_samples: int = 1,
+             **kw: Any) -> Generation:
+    """Sample `num_samples` continuations of `prompt_ids` with EAGLE tree drafting (keywords as `generate_batch`)."""
+    return generate_batch(target, head, samples_of(prompt_ids, num_samples), **kw)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from specref.checks import check_count
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -27,8 +29,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
             raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        check_count("top_k", self.top_k, minimum=0)
         if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
 

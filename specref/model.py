@@ -10,7 +10,7 @@ grouped-query attention (Ainslie et al. 2023, arXiv 2305.13245: several query he
 the SwiGLU MLP (Shazeer 2020, arXiv 2002.05202). logits = W_lm · RMSNorm(y_last_layer).
 
 Parameter names follow Hugging Face's `LlamaForCausalLM` minus the `model.` prefix, except that q/k/v and
-gate/up are fused into one matrix each (`fuse_hf` / `split_hf` map between the two; see `loading.py`).
+gate/up are fused into one matrix each (`formats/hf.py` maps between the two layouts).
 The forward writes K/V into a preallocated `KVCache` and takes a boolean mask over the new tokens (causal
 for chains, ancestor mask for trees); it can also return the final normed hidden state and the inputs of
 chosen layers, which EAGLE heads consume.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -28,8 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specref.kv_cache import KVCache
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 @dataclass(frozen=True)
@@ -75,110 +73,6 @@ class ModelConfig:
         kind = (self.rope_scaling or {}).get("rope_type", "default")
         if kind not in ("default", "linear", "llama3"):
             raise ValueError(f"config: rope scaling type {kind!r} is not supported (default, linear, llama3)")
-
-    @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
-        """Read a Hugging Face `config.json` dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
-        model_type = cfg.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"config: model_type {model_type!r} is not supported; expected one of "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"config: hidden_act {cfg['hidden_act']!r} is not supported (silu only)")
-        if model_type == "mistral" and cfg.get("sliding_window") is not None:
-            raise ValueError("config: Mistral sliding-window attention is not supported")
-        try:
-            heads = int(cfg["num_attention_heads"])
-            hidden = int(cfg["hidden_size"])
-            theta, rope = parse_rope(cfg)
-            eos = cfg.get("eos_token_id")
-            eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
-            bias = bool(cfg.get("attention_bias", False))
-            return cls(
-                vocab_size=int(cfg["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(cfg["intermediate_size"]),
-                num_hidden_layers=int(cfg["num_hidden_layers"]),
-                num_attention_heads=heads,
-                num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-                head_dim=int(cfg.get("head_dim") or hidden // heads),
-                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                rope_theta=theta,
-                rope_scaling=rope,
-                qkv_bias=model_type == "qwen2" or bias,
-                o_bias=bias,
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                eos_token_id=eos_ids,
-                bos_token_id=cfg.get("bos_token_id"),
-                head_vocab_size=cfg.get("specref_head_vocab_size"),
-                shares_target_embeddings=bool(cfg.get("specref_shares_target_embeddings", False)),
-            )
-        except KeyError as e:
-            raise ValueError(f"config: required field {e.args[0]!r} is missing") from None
-
-    def to_hf(self) -> dict[str, Any]:
-        """A `config.json` dict that both specref and transformers' LlamaForCausalLM read back identically."""
-        d = asdict(self)
-        rope = {"rope_theta": d.pop("rope_theta"), **(d.pop("rope_scaling") or {"rope_type": "default"})}
-        qkv_bias, o_bias = d.pop("qkv_bias"), d.pop("o_bias")
-        if o_bias and not qkv_bias:
-            raise ValueError("an o_proj bias without q/k/v biases has no Hugging Face config")
-        qwen2 = qkv_bias and not o_bias  # Qwen2: biases on q/k/v only
-        eos = list(d.pop("eos_token_id"))
-        d["specref_head_vocab_size"], d["specref_shares_target_embeddings"] = (
-            d.pop("head_vocab_size"), d.pop("shares_target_embeddings"))
-        return {**d, "model_type": "qwen2" if qwen2 else "llama",
-                "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"], "hidden_act": "silu",
-                "attention_bias": o_bias, "mlp_bias": False, "rope_parameters": rope,
-                "eos_token_id": eos[0] if len(eos) == 1 else (eos or None)}
-
-
-# HF checkpoints keep q/k/v and gate/up apart; specref fuses each group into one matrix (rows concatenated).
-FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
-
-
-def fuse_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """HF-named tensors (no `model.` prefix) -> specref's names, concatenating each fused group.
-
-    Works in place on `state` (and returns it), so each group's parts are freed as soon as they are joined.
-    """
-    for key in list(state):
-        for fused, parts in FUSED.items():
-            head, sep, kind = key.partition(f".{parts[0]}.")
-            if sep and all(f"{head}.{part}.{kind}" in state for part in parts):
-                state[f"{head}.{fused}.{kind}"] = torch.cat([state.pop(f"{head}.{part}.{kind}") for part in parts])
-    return state
-
-
-def split_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    """specref-named tensors -> HF names (the inverse of `fuse_hf`)."""
-    d = config.head_dim
-    sizes = {"self_attn.qkv_proj": [config.num_attention_heads * d] + [config.num_key_value_heads * d] * 2,
-             "mlp.gate_up_proj": [config.intermediate_size] * 2}
-    out = {}
-    for key, value in state.items():
-        for fused, parts in FUSED.items():
-            head, sep, kind = key.partition(f".{fused}.")
-            if sep:
-                out.update({f"{head}.{p}.{kind}": v for p, v in zip(parts, value.split(sizes[fused]), strict=True)})
-                break
-        else:
-            out[key] = value
-    return out
-
-
-def parse_rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    """(rope_theta, scaling) from transformers 5's `rope_parameters` or 4.x's `rope_theta`/`rope_scaling`;
-    theta is 10000 when absent (as EAGLE heads assume)."""
-    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    if "type" in rope and "rope_type" not in rope:
-        rope["rope_type"] = rope.pop("type")
-    theta = float(rope.pop("rope_theta", cfg.get("rope_theta") or 10000.0))
-    if rope.get("rope_type", "default") == "default":
-        rope = {}
-    return theta, rope or None
 
 
 class Output(NamedTuple):
@@ -364,19 +258,22 @@ def full_vocabulary(logits: Tensor, ids: Tensor, vocab_size: int) -> Tensor:
     return full.index_copy_(-1, ids, logits)
 
 
-def random_model(config: ModelConfig, seed: int, *, dtype: torch.dtype = torch.float32, scale: float = 1.0,
-                 device: torch.device | str = "cpu") -> Llama:
-    """A model with seeded random weights: N(0, scale^2 / fan_in) matrices, norm weights near 1.
-
-    Tests use small-vocabulary random models (a larger scale gives peakier, more varied distributions).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    model = Llama(config)
+def randomize(module: nn.Module, generator: torch.Generator, scale: float, bias_fan_in: int) -> None:
+    """Seeded random weights in place: norm weights near 1, every other tensor N(0, scale^2 / fan_in), fan_in
+    being a matrix's input width (`bias_fan_in` for vectors)."""
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("layernorm.weight") or name == "norm.weight":
+        for name, param in module.named_parameters():
+            if "norm" in name:
                 param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
             else:
-                fan_in = param.shape[-1] if param.ndim > 1 else config.hidden_size
+                fan_in = param.shape[-1] if param.ndim > 1 else bias_fan_in
                 param.copy_(scale * torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
+
+
+def random_model(config: ModelConfig, seed: int, *, dtype: torch.dtype = torch.float32, scale: float = 1.0,
+                 device: torch.device | str = "cpu") -> Llama:
+    """A model with seeded random weights (`randomize`). Tests use small-vocabulary random models (a larger
+    scale gives peakier, more varied distributions)."""
+    model = Llama(config)
+    randomize(model, torch.Generator().manual_seed(seed), scale, config.hidden_size)
     return model.to(device, dtype).eval()

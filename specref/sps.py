@@ -4,19 +4,22 @@
 One round, with p = target and q = draft distributions after the same logits processing:
 
     draft   x_i ~ q_i = q(· | prefix, x_<i)                          i = 1..gamma (q one-hot for argmax drafts)
-    target  p_1..p_{gamma+1} from one forward over [last token, x_1..x_gamma]
+    score   p_1..p_{gamma+1} from one target forward over [last token, x_1..x_gamma]
     verify  accept x_i iff u_i q_i(x_i) < p_i(x_i), u_i ~ U[0, 1) fresh      (strict: p(x) = 0 never passes)
             first rejection at i: emit y ~ norm(max(0, p_i - q_i)) and stop
             all accepted:         emit the bonus y ~ p_{gamma+1}
+    keep    the target's K/V rows of the last token and the accepted drafts
 
 P(emit y at position i) = min(p_i, q_i)(y) + (p_i - q_i)^+(y) = p_i(y), so the output is distributed exactly
-as autoregressive sampling from p, whatever the draft. Verification runs in Rust (`specref._sampler`).
+as autoregressive sampling from p, whatever the draft. The verify step runs in Rust:
+`rust_sampler/src/chain.rs::verify_chain`, one function that reads like the lines above.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +27,8 @@ from torch import Tensor
 
 from specref._sampler import verify_chain
 from specref.autoregressive import prefill, tensors
-from specref.checks import check_count, check_pair, check_request
+from specref.checks import check_count, check_pair, check_request, samples_of
+from specref.kv_cache import KVCache
 from specref.logits import GREEDY, SamplingParams, process_logits, sample
 from specref.model import Llama
 from specref.seeds import streams
@@ -40,6 +44,32 @@ def propose(logits: Tensor, params: SamplingParams, greedy_draft: bool,
     """
     q = process_logits(logits, GREEDY if greedy_draft else params)
     return sample(q, generator), q
+
+
+def draft_chain(draft: Llama, cache: KVCache, seqs: Sequences, feed: int, gamma: int, params: SamplingParams,
+                greedy_draft: bool, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Step 1: x_1..x_gamma (B, gamma) and the laws q_1..q_gamma (B, gamma, V) they were drawn from.
+
+    The draft first reads the last `feed` committed tokens. Re-reading the second-to-last one re-writes its K/V
+    when the draft already had them and adds them when it was the previous round's last draft, which the
+    draft sampled but never read.
+    """
+    cache.keep(torch.from_numpy(seqs.lengths - feed))
+    ids, pos = tensors(draft, *seqs.last(feed))
+    drafts, qs = [], []
+    for _ in range(gamma):
+        x, q = propose(draft(ids, pos, cache).logits[:, -1], params, greedy_draft, generator)
+        drafts.append(x)
+        qs.append(q)
+        ids, pos = x[:, None], pos[:, -1:] + 1
+    return torch.stack(drafts, dim=1), torch.stack(qs, dim=1)
+
+
+def score(target: Llama, cache: KVCache, seqs: Sequences, x: Tensor, params: SamplingParams) -> Tensor:
+    """Step 2: p_1..p_{gamma+1} (B, gamma+1, V) from one target forward over [last token, x_1..x_gamma]."""
+    last, last_pos = tensors(target, *seqs.last(1))
+    positions = last_pos + torch.arange(x.shape[1] + 1, device=x.device)
+    return process_logits(target(torch.cat([last, x], dim=1), positions, cache).logits, params)
 
 
 @torch.inference_mode()
@@ -62,26 +92,11 @@ def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]]
     prefill(draft, dcache, seqs)
     feed = 1  # committed tokens the draft reads first: the last one, later also the one before
     while seqs.active.any():
-        # Re-reading the second-to-last token re-writes its K/V when the draft already had them and adds
-        # them when that token was the previous round's last draft, which the draft sampled but never read.
-        dcache.keep(torch.from_numpy(seqs.lengths - feed))
-        ids, pos = tensors(draft, *seqs.last(feed))
-        drafts, qs = [], []
-        for _ in range(gamma):
-            x, q = propose(draft(ids, pos, dcache).logits[:, -1], params, greedy_draft, generator)
-            drafts.append(x)
-            qs.append(q)
-            ids, pos = x[:, None], pos[:, -1:] + 1
+        x, q = draft_chain(draft, dcache, seqs, feed, gamma, params, greedy_draft, generator)  # 1. draft
         feed = 2
-
-        last, last_pos = tensors(target, *seqs.last(1))
-        x = torch.stack(drafts, dim=1)
-        logits = target(torch.cat([last, x], dim=1), last_pos + torch.arange(gamma + 1, device=x.device),
-                        tcache).logits
-        p = process_logits(logits, params)  # (B, gamma + 1, V): rows p_1..p_{gamma+1}
+        p = score(target, tcache, seqs, x, params)  # 2. score
         x = x.cpu().numpy()
-        accepted, token, fallback = verify_chain(p.cpu().numpy(), torch.stack(qs, dim=1).cpu().numpy(), x, coin)
-
+        accepted, token, fallback = verify_chain(p.cpu().numpy(), q.cpu().numpy(), x, coin)  # 3-5. verify
         new = np.concatenate([x, token[:, None]], axis=1)
         new[np.arange(batch), accepted] = token  # x_1..x_n, then the correction or bonus token
         stats.record_round(gamma, accepted[seqs.active].tolist())
@@ -89,17 +104,13 @@ def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]]
         stats.target_calls += 1
         stats.draft_calls += gamma
         seqs.commit(new, accepted + 1)
-        tcache.keep(torch.from_numpy(seqs.lengths - 1))  # K/V of the last token and accepted drafts stay
+        tcache.keep(torch.from_numpy(seqs.lengths - 1))  # keep: K/V of the last token and accepted drafts
     stats.new_tokens = seqs.new_tokens
     stats.wall_time = time.perf_counter() - start
     return Generation(seqs.outputs(), stats)
 
 
-def generate(target: Llama, draft: Llama, prompt_ids: Sequence[int], *, gamma: int, max_new_tokens: int,
-             params: SamplingParams = SamplingParams(), seed: int = 0, num_samples: int = 1,
-             eos_token_ids: Sequence[int] = (), greedy_draft: bool = False,
-             stream: Stream | None = None) -> Generation:
-    """Sample `num_samples` continuations of `prompt_ids` from the target, drafting `gamma` tokens a round."""
-    return generate_batch(target, draft, [list(prompt_ids)] * check_count("num_samples", num_samples),
-                          gamma=gamma, max_new_tokens=max_new_tokens, params=params, seed=seed,
-                          eos_token_ids=eos_token_ids, greedy_draft=greedy_draft, stream=stream)
+def generate(target: Llama, draft: Llama, prompt_ids: Sequence[int], *, num_samples: int = 1,
+             **kw: Any) -> Generation:
+    """Sample `num_samples` continuations of `prompt_ids` from the target (keywords as in `generate_batch`)."""
+    return generate_batch(target, draft, samples_of(prompt_ids, num_samples), **kw)

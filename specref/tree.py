@@ -16,16 +16,16 @@ uses delta-verification (accept child x with the residual target probability r(x
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from specref._sampler import static_tree, tree_buffers
+from specref.checks import check_count
+from specref.eagle import EagleHead
+from specref.kv_cache import KVCache
 
 # SafeAILab/EAGLE's default (named `mc_sim_7b_63` there): 25 paths, 4 / 8 / 8 / 3 / 2 nodes at depths 1-5.
 DEFAULT_CHOICES: list[list[int]] = [
@@ -43,28 +43,6 @@ MEDUSA_CHOICES: list[list[int]] = [
     [2, 0, 0], [3, 1], [2, 2], [8, 0], [0, 5, 0], [1, 5], [1, 0, 1], [0, 2, 1], [9, 0], [0, 6, 0], [0, 0, 0, 2],
     [1, 6], [0, 7, 0],
 ]
-NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES}
-
-
-def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
-    """A choices list from a name in NAMED_CHOICES, a JSON file holding one, or the list itself."""
-    if not isinstance(value, str):
-        return [list(path) for path in value]
-    if value in NAMED_CHOICES:
-        return NAMED_CHOICES[value]
-    path = Path(value)
-    if not path.is_file():
-        raise ValueError(f"--choices must be one of {sorted(NAMED_CHOICES)} or a JSON file, got {value!r}")
-    try:
-        return [list(p) for p in json.loads(path.read_text())]
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"--choices {value}: not a JSON list of paths ({e})") from None
-
-
-# One head step: (tokens (B, q), features (B, q, F), positions (B, q), mask (B, q, k)) -> (g, logits).
-HeadStep = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
 @dataclass(frozen=True)
 class TreeSpec:
     """How to grow the draft tree each round."""
@@ -79,9 +57,7 @@ class TreeSpec:
         if self.kind not in ("static", "dynamic"):
             raise ValueError(f"tree must be static or dynamic, got {self.kind!r}")
         for name in ("total_tokens", "depth", "top_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_count(name, getattr(self, name))
         if self.kind == "static":
             static_tree(self.choices)  # raises ValueError naming a malformed choices list
 
@@ -97,37 +73,7 @@ DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
                 "cuda": TreeSpec(total_tokens=60, depth=5, top_k=10)}
 
 
-def tree_for(device_type: str, kind: str = "dynamic", choices: str | Sequence[Sequence[int]] = "eagle",
-             total_tokens: int | None = None, depth: int | None = None, top_k: int | None = None) -> TreeSpec:
-    """A tree spec from command-line values; the dynamic tree's unset sizes come from the device's default."""
-    base = DEVICE_TREES.get(device_type, DEVICE_TREES["cpu"])
-    def pick(value: int | None, default: int) -> int:
-        return default if value is None else value
-
-    return TreeSpec(kind, read_choices(choices), pick(total_tokens, base.total_tokens), pick(depth, base.depth),
-                    pick(top_k, base.top_k))
-
-
-def parse_tree(text: str, device_type: str = "cpu") -> TreeSpec:
-    """`dynamic` (the device default), `dynamic:TOTAL:DEPTH:TOP_K`, `static` or `static:CHOICES` (a name or a
-    JSON file), as the bench's --trees takes them."""
-    kind, _, rest = text.partition(":")
-    if kind == "static":
-        return tree_for(device_type, "static", rest or "eagle")
-    sizes = rest.split(":") if rest else []
-    if kind != "dynamic" or len(sizes) not in (0, 3) or not all(v.isdigit() for v in sizes):
-        raise ValueError(f"tree {text!r}: expected dynamic, dynamic:TOTAL:DEPTH:TOP_K, static or static:CHOICES")
-    return tree_for(device_type, "dynamic", "eagle", *map(int, sizes))
-
-
-def describe(tree: TreeSpec) -> str:
-    if tree.kind == "static":
-        name = next((k for k, v in NAMED_CHOICES.items() if v == tree.choices), "custom")
-        return f"static {name} ({len(tree.choices)} nodes)"
-    return f"dynamic {tree.total_tokens}/{tree.depth}/{tree.top_k}"
-
-
-def grow_static(choices: list[list[int]], root_g: Tensor, root_logits: Tensor, step: HeadStep,
+def grow_static(choices: list[list[int]], head: EagleHead, cache: KVCache, root_g: Tensor, root_logits: Tensor,
                 root_pos: Tensor) -> tuple[np.ndarray, Tensor]:
     """Tokens of a static tree: node i takes rank ranks[i] of its parent's draft logits. Returns parents (B, n)
     and tokens (B, n) (column 0 is a placeholder for the root). Only nodes with children run the head."""
@@ -149,15 +95,15 @@ def grow_static(choices: list[list[int]], root_g: Tensor, root_logits: Tensor, s
             continue
         cols = expanded + stepped
         sub = torch.from_numpy(mask[np.ix_(stepped, cols)]).to(root_g.device)
-        out_g, out_logits = step(tokens[:, stepped], g[:, parents[stepped]],
+        out_g, out_logits = head(tokens[:, stepped], g[:, parents[stepped]],
                                  root_pos + torch.as_tensor(level, device=root_pos.device).expand(b, len(stepped)),
-                                 sub[None])
+                                 cache, sub[None])
         g[:, stepped], logits[:, stepped] = out_g, out_logits
         expanded = cols
     return np.broadcast_to(parents, (b, n)).copy(), tokens
 
 
-def grow_dynamic(spec: TreeSpec, root_g: Tensor, root_logits: Tensor, step: HeadStep,
+def grow_dynamic(spec: TreeSpec, head: EagleHead, cache: KVCache, root_g: Tensor, root_logits: Tensor,
                  root_pos: Tensor) -> tuple[np.ndarray, Tensor]:
     """EAGLE-2's dynamic tree, per sequence: parents (B, n) and tokens (B, n), n = total_tokens."""
     b, k, dev = root_g.shape[0], spec.top_k, root_g.device
@@ -181,8 +127,8 @@ def grow_dynamic(spec: TreeSpec, root_g: Tensor, root_logits: Tensor, step: Head
             node = torch.where(valid, all_parent.gather(1, node.clamp_min(0)), node)
         cols = frontier if expanded_rows is None else torch.cat([expanded_rows, frontier], 1)
         sub = anc.gather(2, cols[:, None, :].expand(b, k, cols.shape[1]))
-        out_g, out_logits = step(torch.cat(tokens, 1).gather(1, frontier), front_g,
-                                 root_pos + torch.as_tensor(level, device=dev).expand(b, k), sub)
+        out_g, out_logits = head(torch.cat(tokens, 1).gather(1, frontier), front_g,
+                                 root_pos + torch.as_tensor(level, device=dev).expand(b, k), cache, sub)
         expanded_rows = cols
         child = out_logits.float().log_softmax(-1).topk(k, dim=-1)  # (B, k, k)
         child_scores = torch.cat(scores, 1).gather(1, frontier)[..., None] + child.values

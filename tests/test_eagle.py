@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specref import SamplingParams, generate_ar
-from specref.eagle import load_head, random_head, save_head
+from specref.eagle import random_head
 from specref.eagle_decode import generate as generate_eagle
+from specref.formats.eagle import load_head, save_head
 from specref.tree import TreeSpec
 
 N = 20_000
@@ -157,7 +158,8 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
     import numpy as np
 
     from specref._sampler import static_tree, tree_buffers
-    from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES, parse_tree, read_choices
+    from specref.tools.options import parse_tree, read_choices
+    from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES
 
     for choices, per_depth in ((DEFAULT_CHOICES, [4, 8, 8, 3, 2]), (MEDUSA_CHOICES, [10, 28, 22, 3])):
         depth, _, _ = tree_buffers(static_tree(choices)[0])

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from test_cli import checkpoints  # noqa: F401  (the tiny target + tokenizer fixture)
 
-from specref.loading import load_draft, load_model
-from specref.train_draft import train_draft
+from specref.formats.hf import load_draft, load_model
+from specref.train.draft import train_draft
 
 SMALL = {"train_prompts": 6, "samples": 2, "max_new_tokens": 6, "epochs": 2, "eval_prompts": 2, "vocab": 8,
          "batch_tokens": 64, "eval_new_tokens": 8}

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from test_cli import checkpoints  # noqa: F401  (the tiny target + tokenizer fixture)
 
 from specref import SamplingParams, generate_ar
-from specref.eagle import load_head
 from specref.eagle_decode import generate as generate_eagle
-from specref.loading import load_model
-from specref.train_eagle import train_eagle
+from specref.formats.eagle import load_head
+from specref.formats.hf import load_model
+from specref.train.eagle import train_eagle
 from specref.tree import TreeSpec
 
 SMALL = {"train_prompts": 6, "samples": 2, "max_new_tokens": 6, "epochs": 2, "eval_prompts": 2, "vocab": 8,

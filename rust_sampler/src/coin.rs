@@ -1,45 +1,59 @@
 //! Randomness for the verifiers, as an explicit interface.
 //!
-//! The lossless proofs of speculative sampling (Leviathan et al. 2023, arXiv 2211.17192, and Chen et al.
-//! 2023, arXiv 2302.01318) need exactly two primitives, each consuming *fresh* randomness:
+//! The proofs of speculative sampling (Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023, arXiv
+//! 2302.01318) need exactly two primitives, each consuming *fresh* randomness:
 //!
-//! * a Bernoulli trial that succeeds with probability clamp(t, 0, 1), taken as the strict test `u < t` for
-//!   a uniform u in [0, 1) — strict, so that t = 0 (a token the target forbids) can never succeed;
+//! * the acceptance test `u·q < p` for a uniform u in [0, 1): it passes with probability min(1, p/q), and it
+//!   is strict, so a token the target forbids (p = 0) never passes;
 //! * a categorical draw of index i with probability w\[i\] / Σw, by inverse CDF.
 //!
-//! Verifiers are written against the [`Coin`] trait, so the same production code runs under
-//! [`SeededCoin`] (a reproducible PRNG), [`FixedCoin`] (every uniform pinned, for edge cases), or
-//! [`enumerate_law`], which walks every branch and returns the exact output law instead of a sample.
+//! Verifiers are written against [`Coin`], so the same production code runs under [`SeededCoin`] (a
+//! reproducible PRNG) or under [`enumerate_law`], which walks every branch and returns the exact output law
+//! instead of a sample.
 
 use std::collections::BTreeMap;
 
-use crate::error::SamplerError;
+use crate::bail;
+use crate::error::Result;
 
 /// The randomness a verifier consumes; every call is an independent draw.
 pub trait Coin {
-    /// true with probability clamp(t, 0, 1): the strict test `u < t` for a fresh uniform u in [0, 1)
-    fn bernoulli(&mut self, t: f64) -> bool;
-    /// index i with probability `w[i] / sum(w)`; never a zero-weight index, never out of range.
-    /// Caller guarantees w non-empty, finite, non-negative, sum > 0.
+    /// The acceptance test `u·q < p` for a fresh uniform u in [0, 1).
+    fn accept(&mut self, p: f64, q: f64) -> bool;
+    /// Index i with probability `w[i] / Σw`; never a zero-weight index. The caller guarantees w non-empty,
+    /// finite, non-negative, with Σw > 0.
     fn categorical(&mut self, w: &[f64]) -> usize;
 }
 
-/// The probability that `u < t` for u uniform on [0, 1); NaN counts as 0, like the comparison itself.
-fn success_probability(t: f64) -> f64 {
-    if t >= 1.0 {
+/// P(u·q < p) for u uniform on [0, 1): min(1, p/q); with q = 0, 1 if p > 0. NaN counts as 0.
+pub fn acceptance_probability(p: f64, q: f64) -> f64 {
+    let ratio = p / q;
+    if ratio >= 1.0 {
         1.0
-    } else if t > 0.0 {
-        t
+    } else if ratio > 0.0 {
+        ratio
     } else {
         0.0
     }
 }
 
+/// y ~ norm(r), or y ~ p with `true` when r has no finite positive mass (p == q up to rounding). The
+/// fallback is the one place a verifier leaves the exact law, by at most that event's probability; it is
+/// reported so that tests can bound it.
+pub fn residual_or_fallback<C: Coin + ?Sized>(coin: &mut C, r: &[f64], p: &[f64]) -> (usize, bool) {
+    let mass: f64 = r.iter().sum();
+    if mass > 0.0 && mass.is_finite() {
+        (coin.categorical(r), false)
+    } else {
+        (coin.categorical(p), true)
+    }
+}
+
 /// Inverse-CDF draw from unnormalised weights `w` given a uniform `u` in [0, 1).
 ///
-/// The running sum skips zero weights, so a zero-weight index is never returned. `u * total` can round
-/// up to the final running sum (e.g. for subnormal totals), leaving no index with `cum > target`; the
-/// last positive-weight index is then the right answer, since it owns the top of the CDF.
+/// The running sum skips zero weights, so a zero-weight index is never returned. `u * total` can round up
+/// to the final running sum (e.g. for subnormal totals), leaving no index with `cum > target`; the last
+/// positive-weight index is then the right answer, since it owns the top of the CDF.
 pub fn inverse_cdf(w: &[f64], u: f64) -> usize {
     let total: f64 = w.iter().sum();
     let target = u * total;
@@ -75,9 +89,7 @@ impl SeededCoin {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Self {
-            s: [splitmix64(), splitmix64(), splitmix64(), splitmix64()],
-        }
+        Self { s: [splitmix64(), splitmix64(), splitmix64(), splitmix64()] }
     }
 
     /// The next raw 64-bit output of xoshiro256++.
@@ -101,30 +113,12 @@ impl SeededCoin {
 }
 
 impl Coin for SeededCoin {
-    fn bernoulli(&mut self, t: f64) -> bool {
-        self.uniform() < t
+    fn accept(&mut self, p: f64, q: f64) -> bool {
+        self.uniform() * q < p
     }
 
     fn categorical(&mut self, w: &[f64]) -> usize {
         inverse_cdf(w, self.uniform())
-    }
-}
-
-/// Test coin whose every uniform equals `u`, with the same comparison rules as [`SeededCoin`]; it
-/// reaches boundaries (u = 0, u just below 1) that a PRNG hits with probability 2^-53.
-#[derive(Clone, Copy, Debug)]
-pub struct FixedCoin {
-    /// The value of every uniform, in [0, 1).
-    pub u: f64,
-}
-
-impl Coin for FixedCoin {
-    fn bernoulli(&mut self, t: f64) -> bool {
-        self.u < t
-    }
-
-    fn categorical(&mut self, w: &[f64]) -> usize {
-        inverse_cdf(w, self.u)
     }
 }
 
@@ -144,8 +138,8 @@ struct ScriptedCoin<'a> {
 }
 
 impl ScriptedCoin<'_> {
-    /// Takes the scripted branch among `probs` (branch index -> probability) or, past the script, records
-    /// the choice point and returns its first possible branch so the run can finish harmlessly.
+    /// Takes the scripted branch among `probs` (branch index -> probability) or, past the script, records the
+    /// choice point and returns its first possible branch so that the run can finish harmlessly.
     fn choose(&mut self, probs: impl Iterator<Item = f64>) -> usize {
         if let Some(&branch) = self.script.get(self.next) {
             self.next += 1;
@@ -155,11 +149,7 @@ impl ScriptedCoin<'_> {
             }
             return branch;
         }
-        let possible: Vec<usize> = probs
-            .enumerate()
-            .filter(|&(_, p)| p > 0.0)
-            .map(|(i, _)| i)
-            .collect();
+        let possible: Vec<usize> = probs.enumerate().filter(|&(_, p)| p > 0.0).map(|(i, _)| i).collect();
         let first = possible.first().copied().unwrap_or(0);
         if self.frontier.is_none() {
             self.frontier = Some(possible);
@@ -169,10 +159,10 @@ impl ScriptedCoin<'_> {
 }
 
 impl Coin for ScriptedCoin<'_> {
-    fn bernoulli(&mut self, t: f64) -> bool {
-        // Branch 0 is success, branch 1 failure.
-        let p = success_probability(t);
-        self.choose([p, 1.0 - p].into_iter()) == 0
+    fn accept(&mut self, p: f64, q: f64) -> bool {
+        // Branch 0 is acceptance, branch 1 rejection.
+        let t = acceptance_probability(p, q);
+        self.choose([t, 1.0 - t].into_iter()) == 0
     }
 
     fn categorical(&mut self, w: &[f64]) -> usize {
@@ -185,36 +175,30 @@ impl Coin for ScriptedCoin<'_> {
 
 /// The exact law of `run`'s output over every possible sequence of coin outcomes.
 ///
-/// Replay-DFS: `run` is called with a scripted coin that replays a prefix of branch choices; at the
-/// first choice point past the script it records the branches with positive probability (Bernoulli:
-/// success w.p. clamp(t, 0, 1), failure w.p. the rest; categorical: index i w.p. w\[i\]/Σw), lets the run
-/// finish, and discards that result; the script is then extended by each recorded branch. A run that
-/// meets no unscripted choice is a complete path: its output gets the product of the branch
-/// probabilities along the path. Returns `(output, probability)` sorted by output, equal outputs merged.
+/// Replay-DFS: `run` is called with a scripted coin that replays a prefix of branch choices; at the first
+/// choice point past the script it records the branches with positive probability (acceptance: accept
+/// w.p. min(1, p/q), reject w.p. the rest; categorical: index i w.p. w\[i\]/Σw), lets the run finish, and
+/// discards that result; the script is then extended by each recorded branch. A run that meets no
+/// unscripted choice is a complete path: its output gets the product of the branch probabilities along
+/// the path. Returns `(output, probability)` sorted by output, equal outputs merged.
 ///
-/// `run` must be deterministic given its coin outcomes. Errors if it is not (detected when a scripted
-/// branch has no probability at replay), or after [`MAX_RUNS`] runs.
-pub fn enumerate_law<T: Ord + Clone>(
-    mut run: impl FnMut(&mut dyn Coin) -> T,
-) -> Result<Vec<(T, f64)>, SamplerError> {
+/// `run` must be deterministic given its coin outcomes. Errors with the first error a run returns, if it
+/// is not deterministic (detected when a scripted branch has no probability at replay), or after
+/// [`MAX_RUNS`] runs.
+pub fn enumerate_law<T: Ord + Clone>(mut run: impl FnMut(&mut dyn Coin) -> Result<T>) -> Result<Vec<(T, f64)>> {
     let mut law: BTreeMap<T, f64> = BTreeMap::new();
     let mut pending: Vec<Vec<usize>> = vec![Vec::new()];
     let mut runs = 0;
     while let Some(script) = pending.pop() {
         runs += 1;
         if runs > MAX_RUNS {
-            return Err(SamplerError::TooManyRuns { limit: MAX_RUNS });
+            bail!("exact enumeration needs more than {MAX_RUNS} runs; use a smaller vocabulary or fewer drafts");
         }
-        let mut coin = ScriptedCoin {
-            script: &script,
-            next: 0,
-            path_probability: 1.0,
-            frontier: None,
-            diverged: false,
-        };
-        let output = run(&mut coin);
+        let mut coin =
+            ScriptedCoin { script: &script, next: 0, path_probability: 1.0, frontier: None, diverged: false };
+        let output = run(&mut coin)?;
         if coin.diverged {
-            return Err(SamplerError::Nondeterministic);
+            bail!("exact enumeration failed: the run made different choices when replayed");
         }
         match coin.frontier {
             None => *law.entry(output).or_insert(0.0) += coin.path_probability,
@@ -231,6 +215,7 @@ pub fn enumerate_law<T: Ord + Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::FixedCoin;
 
     /// The largest uniform a 53-bit generator can return.
     const U_MAX: f64 = 1.0 - f64::EPSILON / 2.0;
@@ -247,10 +232,7 @@ mod tests {
         // Outputs from state [1, 2, 3, 4], as in the reference implementation's published vectors.
         let mut coin = SeededCoin { s: [1, 2, 3, 4] };
         let got: Vec<u64> = (0..4).map(|_| coin.next_u64()).collect();
-        assert_eq!(
-            got,
-            [41943041, 58720359, 3588806011781223, 3591011842654386]
-        );
+        assert_eq!(got, [41943041, 58720359, 3588806011781223, 3591011842654386]);
     }
 
     #[test]
@@ -291,12 +273,16 @@ mod tests {
     }
 
     #[test]
-    fn bernoulli_is_strict() {
-        assert!(!FixedCoin { u: 0.0 }.bernoulli(0.0));
-        assert!(FixedCoin { u: 0.0 }.bernoulli(f64::MIN_POSITIVE));
-        assert!(!FixedCoin { u: 0.5 }.bernoulli(0.5));
-        assert!(FixedCoin { u: U_MAX }.bernoulli(1.0));
-        assert!(!FixedCoin { u: 0.0 }.bernoulli(f64::NAN));
+    fn acceptance_is_strict() {
+        assert!(!FixedCoin { u: 0.0 }.accept(0.0, 0.5));
+        assert!(FixedCoin { u: 0.0 }.accept(f64::MIN_POSITIVE, 0.5));
+        assert!(!FixedCoin { u: 0.5 }.accept(0.25, 0.5));
+        assert!(FixedCoin { u: U_MAX }.accept(0.5, 0.5));
+        assert!(!FixedCoin { u: 0.0 }.accept(f64::NAN, 1.0));
+        assert_eq!(acceptance_probability(0.2, 0.5), 0.4);
+        assert_eq!(acceptance_probability(0.7, 0.5), 1.0);
+        assert_eq!(acceptance_probability(0.1, 0.0), 1.0);
+        assert_eq!(acceptance_probability(0.0, 0.0), 0.0);
     }
 
     #[test]
@@ -337,14 +323,9 @@ mod tests {
 
     #[test]
     fn enumerate_law_of_simple_programs() {
-        let law = enumerate_law(|c| (c.bernoulli(0.25), c.categorical(&[1.0, 0.0, 3.0])))
-            .expect("small program");
-        let expect = [
-            ((false, 0), 0.75 * 0.25),
-            ((false, 2), 0.75 * 0.75),
-            ((true, 0), 0.25 * 0.25),
-            ((true, 2), 0.25 * 0.75),
-        ];
+        let law = enumerate_law(|c| Ok((c.accept(0.25, 1.0), c.categorical(&[1.0, 0.0, 3.0])))).expect("small program");
+        let expect =
+            [((false, 0), 0.75 * 0.25), ((false, 2), 0.75 * 0.75), ((true, 0), 0.25 * 0.25), ((true, 2), 0.25 * 0.75)];
         assert_eq!(law.len(), expect.len());
         for ((out, p), (want, q)) in law.iter().zip(expect) {
             assert_eq!(*out, want);
@@ -352,11 +333,7 @@ mod tests {
         }
         // Choices depending on earlier outcomes; degenerate Bernoulli branches are never explored.
         let law = enumerate_law(|c| {
-            if c.bernoulli(2.0) {
-                c.categorical(&[0.5, 0.5]) + 10 * usize::from(c.bernoulli(-1.0))
-            } else {
-                99
-            }
+            Ok(if c.accept(2.0, 1.0) { c.categorical(&[0.5, 0.5]) + 10 * usize::from(c.accept(-1.0, 1.0)) } else { 99 })
         })
         .expect("small program");
         assert_eq!(law, vec![(0, 0.5), (1, 0.5)]);
@@ -364,14 +341,20 @@ mod tests {
 
     #[test]
     fn enumerate_law_with_no_choices_is_a_point_mass() {
-        assert_eq!(enumerate_law(|_| 5u8).expect("trivial"), vec![(5, 1.0)]);
+        assert_eq!(enumerate_law(|_| Ok(5u8)).expect("trivial"), vec![(5, 1.0)]);
     }
 
     #[test]
     fn enumerate_law_bounds_its_work() {
         // 2^21 paths exceed MAX_RUNS.
-        let err = enumerate_law(|c| (0..21).map(|_| c.bernoulli(0.5)).collect::<Vec<_>>());
-        assert!(matches!(err, Err(SamplerError::TooManyRuns { .. })));
+        let err = enumerate_law(|c| Ok((0..21).map(|_| c.accept(0.5, 1.0)).collect::<Vec<_>>()));
+        assert!(err.unwrap_err().0.contains("more than 1000000 runs"));
+        // A run's own error ends the enumeration.
+        let err = enumerate_law(|c| match c.categorical(&[1.0, 1.0]) {
+            1 => Err(crate::error::Error("bad row".into())),
+            x => Ok(x),
+        });
+        assert_eq!(err.unwrap_err().0, "bad row");
     }
 
     #[test]
@@ -381,8 +364,8 @@ mod tests {
             calls += 1;
             // The second run sees a different choice point than the one recorded by the first.
             let w: &[f64] = if calls == 1 { &[1.0, 1.0] } else { &[1.0, 0.0] };
-            c.categorical(w)
+            Ok(c.categorical(w))
         });
-        assert!(matches!(err, Err(SamplerError::Nondeterministic)));
+        assert!(err.unwrap_err().0.contains("different choices"));
     }
 }

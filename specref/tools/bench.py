@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,19 @@ from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode, sps
 from specref.cpu import pack_linears
-from specref.default_model import default_draft_dir, default_head_dir, default_target_dir
-from specref.eagle import load_head
-from specref.loading import load_draft, load_model, load_tokenizer, save_model
+from specref.formats.default_model import default_draft_dir, default_head_dir, default_target_dir
+from specref.formats.eagle import load_head
+from specref.formats.hf import load_draft, load_model, load_tokenizer, save_model
+from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
 from specref.model import Llama
-from specref.prompts import encode, load_prompts
-from specref.tree import TreeSpec, describe, parse_tree
+from specref.tools.options import describe, parse_tree
+from specref.tools.timing import step_time, weight_read_floor
+from specref.tree import TreeSpec
 
 PEAK_PROBE = """
 import sys
-from specref.cli import main
+from specref.tools.cli import main
 try:
     main()
 finally:
@@ -65,42 +66,6 @@ def predicted_speedup(alpha: float, gamma: int, c: float) -> float:
     if alpha >= 1:
         return (gamma + 1) / (gamma * c + 1)
     return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
-
-
-def median_seconds(call: Callable[[], object], reset: Callable[[], None], device: torch.device,
-                   repeats: int = 30) -> float:
-    """Median seconds of `call()` over `repeats` runs after 3 warm-ups, `reset()` (untimed) before each."""
-    times = []
-    for _ in range(repeats + 3):
-        reset()
-        t = time.perf_counter()
-        call()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[3:])
-
-
-@torch.inference_mode()
-def step_time(model: Llama, device: torch.device, tokens: int = 1) -> float:
-    """Median seconds of one forward of `tokens` new tokens over a 128-token cache (1: a decoding step; more:
-    a verification of that many drafted tokens, which costs the same under any mask)."""
-    cache = model.new_cache(1, 256)
-    model(torch.arange(128, device=device)[None], torch.arange(128, device=device)[None], cache)
-    ids, pos = torch.full((1, tokens), 5, device=device), 128 + torch.arange(tokens, device=device)[None]
-    return median_seconds(lambda: model(ids, pos, cache), lambda: cache.keep(torch.tensor([128])), device)
-
-
-def weight_read_floor(model: Llama) -> tuple[float, float]:
-    """(seconds to stream the model's weights once at the machine's measured read bandwidth, GB/s)."""
-    data = torch.ones(64 * 2**20, dtype=torch.float32)  # 256 MB, larger than any cache
-    data.sum()
-    t = time.perf_counter()
-    for _ in range(5):
-        data.sum()
-    bandwidth = 5 * data.numel() * 4 / (time.perf_counter() - t)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return size / bandwidth, bandwidth / 1e9
 
 
 GROUPS = ("sps", "assisted", "eagle")

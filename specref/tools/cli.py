@@ -12,12 +12,12 @@ import torch
 from specref import autoregressive, eagle_decode, sps
 from specref.checks import check_count, check_pair, check_request
 from specref.cpu import pack_linears
-from specref.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
-from specref.eagle import load_head
-from specref.loading import build_model, load_draft, load_tokenizer, read_config, read_weights
+from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
+from specref.formats.eagle import load_head
+from specref.formats.hf import build_model, load_draft, load_tokenizer, read_config, read_weights
+from specref.formats.prompts import encode
 from specref.logits import SamplingParams
-from specref.prompts import encode
-from specref.tree import parse_tree, tree_for
+from specref.tools.options import parse_tree, tree_for
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -197,7 +197,7 @@ class CLI:
         (each --trees: dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa) on the default pair, in one
         run on the held-out prompts; --groups picks among sps,assisted,eagle. Prints the table, writes
         OUT/bench.json and OUT/bench.png."""
-        from specref.bench import GROUPS, bench
+        from specref.tools.bench import GROUPS, bench
 
         for name, value in (("prompts", prompts), ("max_new_tokens", max_new_tokens), ("repeats", repeats)):
             check_count(name, value)
@@ -222,7 +222,7 @@ class CLI:
                   pack: bool = True) -> None:
         """Measure target and head costs by tree size, then greedy EAGLE tokens/s for a grid of dynamic trees
         on held-out prompts; print the fastest (the per-device defaults come from this). OUT: a JSON file."""
-        from specref.calibrate import calibrate
+        from specref.tools.calibrate import calibrate
 
         check_count("prompts", prompts)
         check_count("max_new_tokens", max_new_tokens)
@@ -236,7 +236,7 @@ class CLI:
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there.
         """
-        from specref.train_draft import train_draft
+        from specref.train.draft import train_draft
 
         check_count("layers", layers)
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
@@ -256,7 +256,7 @@ class CLI:
 
         Shares the draft's data: point --work-dir at a train-draft work directory to reuse its generated text.
         """
-        from specref.train_eagle import train_eagle
+        from specref.train.eagle import train_eagle
 
         tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # evaluated on the CPU
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,

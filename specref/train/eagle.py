@@ -25,11 +25,11 @@ import torch
 from torch import Tensor
 
 from specref import eagle_decode
-from specref.distill import distill_loss, draft_vocabulary, fit, load_examples, pad
-from specref.eagle import KINDS, EagleHead, default_layer_ids, new_head_config, save_head
+from specref.eagle import KINDS, EagleHead, default_layer_ids, new_head_config
+from specref.formats.eagle import save_head
 from specref.logits import SamplingParams
 from specref.model import Llama
-from specref.train_draft import prepare
+from specref.train.distill import distill_loss, draft_vocabulary, fit, load_examples, pad, prepare, target_to_draft
 from specref.tree import TreeSpec
 
 DECAY = 0.8  # weight of unroll step s is DECAY^(s-1): deeper guesses matter less, as in EAGLE-3
@@ -73,8 +73,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 tree: TreeSpec | None = None) -> dict[str, Any]:
-    from specref.default_model import resolve_target
-    from specref.loading import load_model
+    from specref.formats.default_model import resolve_target
+    from specref.formats.hf import load_model
 
     if kind not in KINDS:
         raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
@@ -91,8 +91,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     head = new_head(dense, kind, vocab_ids, seed)
     for p in dense.parameters():
         p.requires_grad_(False)
-    t2d = torch.full((v,), -1, dtype=torch.long)
-    t2d[vocab_ids] = torch.arange(len(vocab_ids))
+    t2d = target_to_draft(vocab_ids, v)
     data = load_examples(run["files"], run["labels"], feature_layers=layers)
 
     def loss_of(rows: list[tuple]) -> Tensor:

@@ -1,6 +1,6 @@
 """Distil a small draft model for a target from text the target writes itself (`python -m specref train-draft`).
 
-The data, labels, draft vocabulary and training loop are `distill.py`'s. The draft is L Llama layers
+The data, labels, draft vocabulary and training loop are `train/distill.py`'s. The draft is L Llama layers
 initialised from the target's first L layers (a better start than spreading them: SmolLM2's residual stream
 grows to 1e4 and later layers expect that), a final norm, and output rows for the draft vocabulary
 initialised from the target's; it borrows the target's input embedding (not stored). It is evaluated by
@@ -22,12 +22,10 @@ import torch
 from torch import Tensor
 
 from specref import sps
-from specref.cpu import pack_linears
-from specref.distill import distill_loss, draft_vocabulary, fit, load_examples, pad, stage_data, stage_labels
-from specref.loading import load_model, load_tokenizer, save_model
+from specref.formats.hf import load_model, save_model
 from specref.logits import SamplingParams
 from specref.model import Llama
-from specref.prompts import encode, load_prompts
+from specref.train.distill import distill_loss, draft_vocabulary, fit, load_examples, pad, prepare, target_to_draft
 
 
 def new_draft(target: Llama, layers: int, vocab_ids: Tensor) -> Llama:
@@ -44,26 +42,11 @@ def new_draft(target: Llama, layers: int, vocab_ids: Tensor) -> Llama:
     return draft
 
 
-def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, top_k: int, seed: int,
-            train_prompts: int | None, eval_prompts: int, feature_layers: tuple[int, ...] | None = None) -> dict:
-    """Stages 1-2 of distillation with a packed (faster) copy of the target, plus the prompt sets."""
-    tok = load_tokenizer(target_dir)
-    target = load_model(target_dir)
-    pack_linears(target)
-    work.mkdir(parents=True, exist_ok=True)
-    prompts = [encode(tok, p) for p in load_prompts("train")[:train_prompts]]
-    files = stage_data(target, prompts, work, samples, max_new_tokens, chunk=40, seed=seed)
-    labels = stage_labels(target, files, min(top_k, target.config.vocab_size), micro=4,
-                          feature_layers=feature_layers)
-    heldout = [encode(tok, p) for p in load_prompts("heldout")[:eval_prompts]]
-    return {"target": target, "files": files, "labels": labels, "heldout": heldout}
-
-
 def train_draft(out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                 vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
                 lr: float = 2e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128) -> dict[str, Any]:
-    from specref.default_model import resolve_target
+    from specref.formats.default_model import resolve_target
 
     started = time.time()
     torch.manual_seed(seed)
@@ -74,8 +57,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
     tgt = run["target"]
     vocab_ids, coverage = draft_vocabulary(run["files"], vocab, tgt.config.vocab_size, tgt.config.eos_token_id)
     draft = new_draft(load_model(target_dir), layers, vocab_ids)  # dense weights to copy from
-    t2d = torch.full((tgt.config.vocab_size,), -1, dtype=torch.long)
-    t2d[vocab_ids] = torch.arange(len(vocab_ids))
+    t2d = target_to_draft(vocab_ids, tgt.config.vocab_size)
     data = load_examples(run["files"], run["labels"])
 
     def loss_of(rows: list[tuple]) -> Tensor:

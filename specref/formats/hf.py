@@ -2,9 +2,9 @@
 
 A checkpoint directory holds `config.json` and weights as `model.safetensors`, as shards listed by
 `model.safetensors.index.json`, or as `pytorch_model.bin` (read with `weights_only=True`, never a full
-unpickle). Tensor names are `LlamaForCausalLM`'s; specref's modules carry the same names minus `model.`.
-llama.cpp's GGUF files are read too (`read_gguf`): tensors are dequantized and llama.cpp's interleaved
-q/k rows are permuted back to the half-split RoPE layout this decoder uses.
+unpickle). Tensor names are `LlamaForCausalLM`'s; specref's modules carry the same names minus `model.`,
+with q/k/v and gate/up each fused into one matrix (`fuse_hf` / `split_hf`); `config_from_hf` / `config_to_hf`
+map `config.json` to a `ModelConfig` and back.
 Every problem (missing files, corrupt weights, missing or extra tensors, wrong shapes) raises an error that
 names the file or tensor, before the model is used.
 """
@@ -12,9 +12,7 @@ names the file or tensor, before the model is used.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,118 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import Tensor
 
-from specref.model import Llama, ModelConfig, fuse_hf, split_hf
+from specref.formats.files import atomic_directory, check_tensors
+from specref.model import Llama, ModelConfig
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    """Read a Hugging Face `config.json` dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"config: model_type {model_type!r} is not supported; expected one of "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config: hidden_act {cfg['hidden_act']!r} is not supported (silu only)")
+    if model_type == "mistral" and cfg.get("sliding_window") is not None:
+        raise ValueError("config: Mistral sliding-window attention is not supported")
+    try:
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        theta, rope = parse_rope(cfg)
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+        bias = bool(cfg.get("attention_bias", False))
+        return ModelConfig(
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_hidden_layers=int(cfg["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=rope,
+            qkv_bias=model_type == "qwen2" or bias,
+            o_bias=bias,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            eos_token_id=eos_ids,
+            bos_token_id=cfg.get("bos_token_id"),
+            head_vocab_size=cfg.get("specref_head_vocab_size"),
+            shares_target_embeddings=bool(cfg.get("specref_shares_target_embeddings", False)),
+        )
+    except KeyError as e:
+        raise ValueError(f"config: required field {e.args[0]!r} is missing") from None
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """A `config.json` dict that both specref and transformers' LlamaForCausalLM read back identically."""
+    d = asdict(config)
+    rope = {"rope_theta": d.pop("rope_theta"), **(d.pop("rope_scaling") or {"rope_type": "default"})}
+    qkv_bias, o_bias = d.pop("qkv_bias"), d.pop("o_bias")
+    if o_bias and not qkv_bias:
+        raise ValueError("an o_proj bias without q/k/v biases has no Hugging Face config")
+    qwen2 = qkv_bias and not o_bias  # Qwen2: biases on q/k/v only
+    eos = list(d.pop("eos_token_id"))
+    d["specref_head_vocab_size"], d["specref_shares_target_embeddings"] = (
+        d.pop("head_vocab_size"), d.pop("shares_target_embeddings"))
+    return {**d, "model_type": "qwen2" if qwen2 else "llama",
+            "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"], "hidden_act": "silu",
+            "attention_bias": o_bias, "mlp_bias": False, "rope_parameters": rope,
+            "eos_token_id": eos[0] if len(eos) == 1 else (eos or None)}
+
+
+
+
+# HF checkpoints keep q/k/v and gate/up apart; specref fuses each group into one matrix (rows concatenated).
+FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def fuse_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HF-named tensors (no `model.` prefix) -> specref's names, concatenating each fused group.
+
+    Works in place on `state` (and returns it), so each group's parts are freed as soon as they are joined.
+    """
+    for key in list(state):
+        for fused, parts in FUSED.items():
+            head, sep, kind = key.partition(f".{parts[0]}.")
+            if sep and all(f"{head}.{part}.{kind}" in state for part in parts):
+                state[f"{head}.{fused}.{kind}"] = torch.cat([state.pop(f"{head}.{part}.{kind}") for part in parts])
+    return state
+
+
+def split_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """specref-named tensors -> HF names (the inverse of `fuse_hf`)."""
+    d = config.head_dim
+    sizes = {"self_attn.qkv_proj": [config.num_attention_heads * d] + [config.num_key_value_heads * d] * 2,
+             "mlp.gate_up_proj": [config.intermediate_size] * 2}
+    out = {}
+    for key, value in state.items():
+        for fused, parts in FUSED.items():
+            head, sep, kind = key.partition(f".{fused}.")
+            if sep:
+                out.update({f"{head}.{p}.{kind}": v for p, v in zip(parts, value.split(sizes[fused]), strict=True)})
+                break
+        else:
+            out[key] = value
+    return out
+
+
+def parse_rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, scaling) from transformers 5's `rope_parameters` or 4.x's `rope_theta`/`rope_scaling`;
+    theta is 10000 when absent (as EAGLE heads assume)."""
+    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    if "type" in rope and "rope_type" not in rope:
+        rope["rope_type"] = rope.pop("type")
+    theta = float(rope.pop("rope_theta", cfg.get("rope_theta") or 10000.0))
+    if rope.get("rope_type", "default") == "default":
+        rope = {}
+    return theta, rope or None
 
 
 def read_config(path: str | Path) -> ModelConfig:
@@ -40,7 +147,7 @@ def read_config(path: str | Path) -> ModelConfig:
         raise ValueError(f"{file} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{file} must hold a JSON object")
-    return ModelConfig.from_hf(cfg)
+    return config_from_hf(cfg)
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
@@ -92,15 +199,7 @@ def build_model(config: ModelConfig, weights: dict[str, Any], *, dtype: torch.dt
         model = Llama(config)
     expected = {k: v.shape for k, v in split_hf(model.state_dict(), config).items()
                 if not (config.tie_word_embeddings and k == "lm_head.weight")}
-    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    if missing or extra:
-        raise ValueError(f"checkpoint does not match its config: missing tensors {missing[:5]}"
-                         f"{' ...' if len(missing) > 5 else ''}, unexpected tensors {extra[:5]}"
-                         f"{' ...' if len(extra) > 5 else ''}")
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != tuple(shape):
-            raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, the config implies "
-                             f"{tuple(shape)}")
+    check_tensors("checkpoint", state, expected)
     state = fuse_hf(state)
     for k in list(state):
         v = state[k]
@@ -142,75 +241,6 @@ def load_tokenizer(path: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-GGUF_NAMES = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head",
-              "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-              "ffn_down": "mlp.down_proj"}
-
-
-def read_gguf(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """A Llama-architecture GGUF file as an HF `config.json` dict and dequantized fp32 tensors (HF names)."""
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
-    try:
-        reader = GGUFReader(path)
-        meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
-        arch = meta["general.architecture"]
-        if arch != "llama":
-            raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (llama only)")
-        if f"{arch}.rope.scaling.type" in meta:
-            raise ValueError(f"{path}: GGUF RoPE scaling is not supported")
-        heads, kv_heads = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
-        names = {t.name for t in reader.tensors}
-        config = {
-            "model_type": "llama",
-            "vocab_size": len(reader.fields["tokenizer.ggml.tokens"].data),
-            "hidden_size": meta["llama.embedding_length"],
-            "intermediate_size": meta["llama.feed_forward_length"],
-            "num_hidden_layers": meta["llama.block_count"],
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads,
-            "head_dim": meta.get("llama.rope.dimension_count", meta["llama.embedding_length"] // heads),
-            "max_position_embeddings": meta["llama.context_length"],
-            "rms_norm_eps": meta["llama.attention.layer_norm_rms_epsilon"],
-            "rope_theta": meta.get("llama.rope.freq_base", 10000.0),
-            "tie_word_embeddings": "output.weight" not in names,
-            "bos_token_id": reader.fields["tokenizer.ggml.bos_token_id"].contents(),
-            "eos_token_id": reader.fields["tokenizer.ggml.eos_token_id"].contents(),
-        }
-        weights = {}
-        for t in reader.tensors:
-            block, _, rest = t.name.partition(".")
-            if block == "blk":
-                layer, part, kind = rest.split(".")
-                name = f"model.layers.{layer}.{GGUF_NAMES[part]}.{kind}"
-            else:
-                name = ("" if block == "output" else "model.") + f"{GGUF_NAMES[block]}.{rest}"
-            w = torch.from_numpy(dequantize(t.data, t.tensor_type).copy())
-            if block == "blk" and part in ("attn_q", "attn_k"):
-                # llama.cpp's converter reorders each head's rows from (half, pair) to (pair, half) so that
-                # interleaved RoPE applies; swap them back for the half-split layout.
-                n = heads if part == "attn_q" else kv_heads
-                w = w.reshape(n, w.shape[0] // n // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-            weights[name] = w
-    except (KeyError, ValueError, IndexError, OSError) as e:
-        if isinstance(e, ValueError) and str(e).startswith(str(path)):
-            raise
-        raise ValueError(f"{path} is not a readable Llama GGUF file: {e!r}") from None
-    return config, weights
-
-
-def atomic_directory(path: str | Path) -> tuple[Path, Path]:
-    """A fresh temporary directory beside `path`; `commit_directory` renames it into place."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} already exists; choose a new output directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-
-
 def save_model(model: Llama, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
     """Write `config.json` + `model.safetensors` (HF layout) atomically: all or nothing at `path`.
 
@@ -220,14 +250,9 @@ def save_model(model: Llama, path: str | Path, *, dtype: torch.dtype | None = No
     left_out = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if config.shares_target_embeddings:
         left_out.add("embed_tokens.weight")
-    path, tmp = atomic_directory(path)
-    try:
-        (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n")
-        state = {f"model.{k}" if k != "lm_head.weight" else k:
-                 (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-                 for k, v in split_hf(model.state_dict(), config).items() if k not in left_out}
+    state = {f"model.{k}" if k != "lm_head.weight" else k:
+             (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+             for k, v in split_hf(model.state_dict(), config).items() if k not in left_out}
+    with atomic_directory(path) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2, sort_keys=True) + "\n")
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

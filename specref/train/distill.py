@@ -29,6 +29,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from specref import autoregressive
+from specref.cpu import pack_linears
+from specref.formats.hf import load_model, load_tokenizer
+from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
 from specref.model import Llama
 
@@ -190,3 +193,25 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                             "settings": settings}, state_file)
     return losses, len(flat)
+
+
+def target_to_draft(vocab_ids: Tensor, vocab_size: int) -> Tensor:
+    """The draft index of every target token id, -1 for tokens outside the draft vocabulary `vocab_ids`."""
+    t2d = torch.full((vocab_size,), -1, dtype=torch.long)
+    t2d[vocab_ids] = torch.arange(len(vocab_ids))
+    return t2d
+
+
+def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, top_k: int, seed: int,
+            train_prompts: int | None, eval_prompts: int, feature_layers: tuple[int, ...] | None = None) -> dict:
+    """Stages 1-2 of distillation with a packed (faster) copy of the target, plus the prompt sets."""
+    tok = load_tokenizer(target_dir)
+    target = load_model(target_dir)
+    pack_linears(target)
+    work.mkdir(parents=True, exist_ok=True)
+    prompts = [encode(tok, p) for p in load_prompts("train")[:train_prompts]]
+    files = stage_data(target, prompts, work, samples, max_new_tokens, chunk=40, seed=seed)
+    labels = stage_labels(target, files, min(top_k, target.config.vocab_size), micro=4,
+                          feature_layers=feature_layers)
+    heldout = [encode(tok, p) for p in load_prompts("heldout")[:eval_prompts]]
+    return {"target": target, "files": files, "labels": labels, "heldout": heldout}

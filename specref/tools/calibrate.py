@@ -4,7 +4,7 @@ A round of EAGLE decoding costs about  depth * head(top_k) + target(total_tokens
 tokens, so the best tree trades acceptance (tau grows with the tree) against the cost of scoring it. On a GPU
 target(n) is flat up to tens of tokens; on a CPU it grows with n, and every expansion level runs the head's
 output layer over top_k rows. This measures the cost curves, then greedy tokens/s and tau for a grid of
-(total_tokens, depth, top_k) on held-out prompts, and prints the best setting (for `tree.DEVICE_TREES`).
+(total_tokens, depth, top_k) on held-out prompts, and prints the best setting (for `specref/tree.py::DEVICE_TREES`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode
-from specref.bench import median_seconds, step_time
 from specref.cpu import pack_linears
-from specref.default_model import default_head_dir, default_target_dir
-from specref.eagle import EagleHead, load_head
-from specref.loading import load_model, load_tokenizer
+from specref.eagle import EagleHead
+from specref.formats.default_model import default_head_dir, default_target_dir
+from specref.formats.eagle import load_head
+from specref.formats.hf import load_model, load_tokenizer
+from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
-from specref.prompts import encode, load_prompts
+from specref.tools.timing import median_seconds, step_time
 from specref.tree import TreeSpec
 
 GRID = {"total_tokens": (6, 10, 16, 24, 32), "depth": (3, 4, 6), "top_k": (2, 4, 8)}

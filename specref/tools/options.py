@@ -1,0 +1,58 @@
+"""Command-line spellings of draft trees: `--tree`, `--choices`, `--total-tokens`/`--depth`/`--tree-top-k`, and the
+bench's `--trees` list (`dynamic`, `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES, TreeSpec
+
+NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES}
+
+
+def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
+    """A choices list from a name in NAMED_CHOICES, a JSON file holding one, or the list itself."""
+    if not isinstance(value, str):
+        return [list(path) for path in value]
+    if value in NAMED_CHOICES:
+        return NAMED_CHOICES[value]
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"--choices must be one of {sorted(NAMED_CHOICES)} or a JSON file, got {value!r}")
+    try:
+        return [list(p) for p in json.loads(path.read_text())]
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"--choices {value}: not a JSON list of paths ({e})") from None
+
+
+def tree_for(device_type: str, kind: str = "dynamic", choices: str | Sequence[Sequence[int]] = "eagle",
+             total_tokens: int | None = None, depth: int | None = None, top_k: int | None = None) -> TreeSpec:
+    """A tree spec from command-line values; the dynamic tree's unset sizes come from the device's default."""
+    base = DEVICE_TREES.get(device_type, DEVICE_TREES["cpu"])
+
+    def pick(value: int | None, default: int) -> int:
+        return default if value is None else value
+
+    return TreeSpec(kind, read_choices(choices), pick(total_tokens, base.total_tokens), pick(depth, base.depth),
+                    pick(top_k, base.top_k))
+
+
+def parse_tree(text: str, device_type: str = "cpu") -> TreeSpec:
+    """`dynamic` (the device default), `dynamic:TOTAL:DEPTH:TOP_K`, `static` or `static:CHOICES` (a name or a
+    JSON file), as the bench's --trees takes them."""
+    kind, _, rest = text.partition(":")
+    if kind == "static":
+        return tree_for(device_type, "static", rest or "eagle")
+    sizes = rest.split(":") if rest else []
+    if kind != "dynamic" or len(sizes) not in (0, 3) or not all(v.isdigit() for v in sizes):
+        raise ValueError(f"tree {text!r}: expected dynamic, dynamic:TOTAL:DEPTH:TOP_K, static or static:CHOICES")
+    return tree_for(device_type, "dynamic", "eagle", *map(int, sizes))
+
+
+def describe(tree: TreeSpec) -> str:
+    if tree.kind == "static":
+        name = next((k for k, v in NAMED_CHOICES.items() if v == tree.choices), "custom")
+        return f"static {name} ({len(tree.choices)} nodes)"
+    return f"dynamic {tree.total_tokens}/{tree.depth}/{tree.top_k}"
