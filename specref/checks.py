@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from specref.memory import check_fits
 from specref.model import ModelConfig
 
 
@@ -20,6 +21,8 @@ def check_request(prompts: Sequence[Sequence[int]], configs: Sequence[ModelConfi
     """Validate a batch of prompts against every model that will run them; return them as lists."""
     check_count("max_new_tokens", max_new_tokens)
     check_count("seed", seed, minimum=0)
+    if seed >= 2**64:
+        raise ValueError(f"seed must be below 2**64, got {seed}")
     prompts = [list(p) for p in prompts]
     if not prompts:
         raise ValueError("no prompts given")
@@ -44,4 +47,7 @@ def check_pair(target: ModelConfig, draft: ModelConfig) -> None:
 
 def samples_of(prompt_ids: Sequence[int], num_samples: int) -> list[list[int]]:
     """`num_samples` copies of one prompt: independent continuations are one batch."""
-    return [list(prompt_ids)] * check_count("num_samples", num_samples)
+    prompt = list(prompt_ids)
+    # At least a list per copy and 64 bytes per token of it (the copy, the committed tokens, some K/V).
+    check_fits(check_count("num_samples", num_samples) * (256 + 64 * len(prompt)), f"{num_samples} samples")
+    return [prompt] * num_samples

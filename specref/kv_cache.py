@@ -15,14 +15,20 @@ sees row j iff j < n_b (committed) or j is one of the new rows its mask allows.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from specref.memory import check_fits
 
 
 class KVCache:
     def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str) -> None:
         shape = (layers, batch, kv_heads, max_len, head_dim)
+        check_fits(2 * math.prod(shape) * dtype.itemsize, f"a KV cache for {batch} sequences x {max_len} positions",
+                   device)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)

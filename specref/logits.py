@@ -12,6 +12,7 @@ which makes the acceptance rule reduce to "accept iff the draft equals the targe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,8 @@ class SamplingParams:
     top_p: float = 1.0  # 1: no nucleus filter
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not (isinstance(self.temperature, int | float) and 0 <= self.temperature < math.inf):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         check_count("top_k", self.top_k, minimum=0)
         if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
@@ -59,7 +60,8 @@ def process_logits(logits: Tensor, params: SamplingParams) -> Tensor:
         x = x.masked_fill(torch.zeros_like(tail).scatter(-1, order, tail), float("-inf"))
     probs = x.softmax(-1)
     if not torch.isfinite(probs).all():
-        raise ValueError("logits are infinite or all -inf: no token can be sampled")
+        raise ValueError(f"logits / temperature ({params.temperature}) are infinite or all -inf: no token can be "
+                         "sampled (0 is greedy; a tiny temperature overflows)")
     return probs
 
 

@@ -15,7 +15,7 @@ Stream = Callable[[list[int]], None]  # receives the tokens the first sequence c
 
 
 class Sequences:
-    def __init__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: Sequence[int],
+    def __init__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: int | Sequence[int],
                  stream: Stream | None = None) -> None:
         self.prompt_lens = np.array([len(p) for p in prompts], dtype=np.int64)
         self.limits = self.prompt_lens + max_new_tokens
@@ -24,7 +24,10 @@ class Sequences:
             row[: len(prompt)] = prompt
         self.lengths = self.prompt_lens.copy()
         self.active = np.ones(len(prompts), dtype=bool)
-        self.eos = np.asarray(list(eos_token_ids), dtype=np.int64)
+        eos = [eos_token_ids] if isinstance(eos_token_ids, int | np.integer) else list(eos_token_ids)
+        if any(isinstance(e, bool) or not isinstance(e, int | np.integer) for e in eos):
+            raise ValueError(f"eos_token_ids must be a token id or a list of them, got {eos_token_ids!r}")
+        self.eos = np.asarray(eos, dtype=np.int64)
         self.stream = stream
 
     def last(self, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,7 +59,16 @@ class TreeSpec:
         for name in ("total_tokens", "depth", "top_k"):
             check_count(name, getattr(self, name))
         if self.kind == "static":
+            if not self.choices:
+                raise ValueError("choices is empty: a static tree needs at least one path")
             static_tree(self.choices)  # raises ValueError naming a malformed choices list
+
+    def check_vocab(self, vocab: int) -> None:
+        """Refuse a tree that asks for a child rank the vocabulary does not have, before any model work."""
+        widest = self.top_k if self.kind == "dynamic" else 1 + max(max(path) for path in self.choices)
+        if widest > vocab:
+            what = f"top_k {self.top_k}" if self.kind == "dynamic" else f"choices rank {widest - 1}"
+            raise ValueError(f"tree {what} needs at least {widest} tokens, but the vocabulary has {vocab}")
 
     @property
     def max_depth(self) -> int:

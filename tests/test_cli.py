@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from specref import SamplingParams, generate_ar, load_model, load_tokenizer, random_model, save_model
+from specref import SamplingParams, generate_ar, generate_sps, load_model, load_tokenizer, random_model, save_model
+from specref.formats.hf import read_config
 from specref.tools.cli import CLI
 
 WORDS = ["<unk>", "<s>", "</s>", "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "and", "then"]
@@ -101,7 +102,7 @@ BAD = [
 @pytest.mark.parametrize(("kwargs", "needle"), BAD)
 def test_bad_arguments_fail_before_loading_weights(checkpoints, monkeypatch, kwargs, needle):
     target, draft = checkpoints
-    monkeypatch.setattr("specref.tools.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
+    monkeypatch.setattr("specref.formats.hf.read_weights", lambda *_: pytest.fail("weights read before the check"))
     args = {"target": str(target), "draft": str(draft), "prompt_ids": "3,4", **kwargs}
     with pytest.raises(ValueError, match=needle):
         CLI().generate(**args)
@@ -125,6 +126,33 @@ def test_bad_checkpoints(tmp_path, checkpoints):
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         CLI().generate(target=str(truncated), method="ar", prompt_ids="1", max_new_tokens=8)
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    ({"vocab_size": "lots"}, "vocab_size must be an integer, got 'lots'"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be >= 1, got 0"),
+    ({"max_position_embeddings": 2.5}, "max_position_embeddings must be an integer"),
+    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings must be a bool"),
+    ({"hidden_size": None}, "required field 'hidden_size' is missing"),
+])
+def test_config_fields_are_type_checked_naming_field_and_file(tmp_path, edit, needle):
+    path = tmp_path / "ckpt"
+    save_model(random_model(tiny_config(vocab=len(WORDS)), seed=3), path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError, match=f"config.json: config: {needle}"):
+        read_config(path)
+
+
+def test_a_shard_index_cannot_leave_its_directory(tmp_path):
+    good = tmp_path / "good"
+    save_model(random_model(tiny_config(vocab=len(WORDS)), seed=3), good)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text((good / "config.json").read_text())
+    (evil / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../good/model.safetensors"}}))
+    with pytest.raises(ValueError, match=r"names shards outside its directory: \['../good/model.safetensors'\]"):
+        load_model(evil)
 
 
 def test_error_exit_code_and_message(checkpoints):
@@ -194,7 +222,7 @@ EAGLE_BAD = [
 @pytest.mark.parametrize(("kwargs", "needle"), EAGLE_BAD)
 def test_bad_tree_arguments_fail_before_loading_weights(checkpoints, heads, monkeypatch, kwargs, needle):
     target, _ = checkpoints
-    monkeypatch.setattr("specref.tools.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
+    monkeypatch.setattr("specref.formats.hf.read_weights", lambda *_: pytest.fail("weights read before the check"))
     with pytest.raises(ValueError, match=needle):
         CLI().generate(target=str(target), method="eagle", eagle=str(heads / "eagle"), prompt_ids="3,4", **kwargs)
 
@@ -214,3 +242,93 @@ def test_eagle_needs_a_fitting_head(tmp_path, checkpoints, heads):
     with pytest.raises(FileNotFoundError):
         CLI().generate(target=str(target), method="eagle", eagle=str(tmp_path / "none"), prompt_ids="3,4",
                        max_new_tokens=8)
+
+
+@pytest.mark.parametrize("prompt", ["Hi, there", "123", "True", "[1,2]", "--dashes"])
+def test_a_text_prompt_is_always_text(checkpoints, prompt):
+    """fire reads arguments as Python literals; the front end hands text prompts over quoted."""
+    target, _ = checkpoints
+    flags = ["--target", str(target), "--method", "ar", "--max-new-tokens", "3", "--raw", "--output", "json"]
+    res = run_cli(*flags, "--", prompt) if prompt.startswith("--") else run_cli(prompt, *flags)
+    assert res.returncode == 0, res.stderr
+    ids = load_tokenizer(target)(prompt, add_special_tokens=True)["input_ids"]
+    expected = generate_ar(load_model(target), ids, max_new_tokens=3, params=SamplingParams(0.0))
+    assert json.loads(res.stdout)["token_ids"] == expected.token_ids
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--gamm", "2"], "unknown flag --gamm for generate; did you mean --gamma?"),
+    (["--max_new_token", "8"], "did you mean --max-new-tokens?"),
+    (["two", "words"], "generate takes PROMPT positional argument(s), got 3"),
+    (["--seed"], "--seed needs a value"),
+])
+def test_bad_flags_fail_at_once_with_a_suggestion(checkpoints, args, needle):
+    res = run_cli("the cat", "--target", str(checkpoints[0]), *args)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [f"specref: error: {res.stderr.split('error: ', 1)[1].strip()}"]
+    assert needle in res.stderr
+
+
+def test_help_is_on_stdout_readable_and_imports_no_torch():
+    probe = "import sys; from specref.tools.cli import main; main(sys.argv[1:]); print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", probe, "generate", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 and res.stderr == ""
+    assert "--max-new-tokens INT" in res.stdout and "--temperature FLOAT" in res.stdout
+    assert "--pack / --nopack" in res.stdout and res.stdout.strip().endswith("False")
+    res = subprocess.run([sys.executable, "-m", "specref", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "train-draft" in res.stdout and "train-eagle" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "specref", "gen"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "did you mean generate?" in res.stderr
+
+
+STALLED = """
+import sys, time
+from specref.tools.cli import CLI, main
+def stalled(self, *args, **kwargs):
+    print("ready", flush=True)
+    if sys.argv[1] == "pipe":
+        raise BrokenPipeError
+    time.sleep(60)
+CLI.generate = stalled
+main(["generate", "x", "--method", "ar"])
+"""
+
+
+def test_ctrl_c_exits_130_with_one_line():
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", STALLED, "sleep"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "specref: interrupted\n"
+
+
+def test_a_closed_pipe_ends_quietly():
+    res = subprocess.run([sys.executable, "-c", STALLED, "pipe"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 141 and res.stderr == ""
+
+
+def test_the_api_checks_its_arguments_as_the_cli_does(checkpoints):
+    target = load_model(checkpoints[0])
+    for bad in (float("inf"), float("nan"), -1.0, "1"):
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            SamplingParams(temperature=bad)
+    with pytest.raises(ValueError, match="seed must be below 2\\*\\*64"):
+        generate_ar(target, [3, 4], max_new_tokens=2, seed=2**70)
+    with pytest.raises(ValueError, match="eos_token_ids must be a token id or a list of them"):
+        generate_ar(target, [3, 4], max_new_tokens=2, eos_token_ids="2")
+    one = generate_ar(target, [3, 4], max_new_tokens=20, eos_token_ids=2, params=SamplingParams(0.0))
+    assert one.token_ids == generate_ar(target, [3, 4], max_new_tokens=20, eos_token_ids=[2],
+                                        params=SamplingParams(0.0)).token_ids
+    with pytest.raises(ValueError, match=r"10000000000 samples needs [\d.]+ GiB but only [\d.]+ GiB"):
+        generate_ar(target, [3, 4], max_new_tokens=2, num_samples=10**10)
+    with pytest.raises(ValueError, match="a KV cache for 1 sequences x 1000000015 positions needs"):
+        generate_sps(target, target, [3, 4], max_new_tokens=12, gamma=10**9)
+    with pytest.raises(ValueError, match="--device meta: specref runs on cpu or cuda"):
+        CLI().generate("the cat", target=str(checkpoints[0]), device="meta")
+    with pytest.raises(ValueError, match="temperature"):
+        generate_ar(random_model(tiny_config(vocab=8), seed=0, scale=3.0), [1, 2], max_new_tokens=2,
+                    params=SamplingParams(temperature=1e-300))

@@ -71,6 +71,22 @@ def test_cache_is_verified_and_rebuilt(tmp_path, monkeypatch, target_dir):
     weights.write_bytes(bytes(data))
     assert dm.default_target_dir() == fresh
     assert weights.read_bytes() == (target_dir / "model.safetensors").read_bytes()
+    # Every other file it serves is verified too: an edited config, a deleted tokenizer, a stray file.
+    config = json.loads((fresh / "config.json").read_text())
+    (fresh / "config.json").write_text(json.dumps({**config, "rope_theta": 10.0}))
+    assert json.loads((dm.default_target_dir() / "config.json").read_text()) == config
+    (fresh / "tokenizer.json").unlink()
+    assert (dm.default_target_dir() / "tokenizer.json").is_file()
+    (fresh / "model.safetensors.index.json").write_text("{}")
+    assert not (dm.default_target_dir() / "model.safetensors.index.json").exists()
+
+
+def test_an_unwritable_cache_names_specref_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SPECREF_CACHE", str(blocker / "cache"))
+    with pytest.raises(ValueError, match="point SPECREF_CACHE at a writable directory"):
+        dm.default_target_dir()
 
 
 def test_missing_and_corrupt_gguf(tmp_path, monkeypatch):
@@ -130,7 +146,7 @@ def test_shipped_draft_is_small_and_shares_the_target_vocabulary(target):
 
 
 def test_generate_errors_name_the_problem(monkeypatch):
-    monkeypatch.setattr("specref.tools.cli.read_weights", lambda *_: pytest.fail("weights read before the check"))
+    monkeypatch.setattr("specref.formats.hf.read_weights", lambda *_: pytest.fail("weights read before the check"))
     with pytest.raises(ValueError, match="unknown --target"):
         CLI().generate("hi", target="nonsense")
     with pytest.raises(ValueError, match="needs --draft"):

@@ -150,6 +150,13 @@ def test_bad_heads_and_trees(tmp_path, target):
             TreeSpec("static", choices=choices)
     with pytest.raises(FileNotFoundError):
         load_head(tmp_path / "missing", target)
+    with pytest.raises(ValueError, match="choices is empty"):
+        TreeSpec("static", choices=[])
+    vocab = target.config.vocab_size
+    for tree, needle in ((TreeSpec(top_k=vocab + 2), f"top_k {vocab + 2} needs at least {vocab + 2} tokens"),
+                         (TreeSpec("static", choices=[[0], [vocab]]), f"choices rank {vocab} needs")):
+        with pytest.raises(ValueError, match=needle):
+            generate_eagle(target, head, PROMPT, tree=tree, max_new_tokens=2)
 
 
 def test_shipped_choice_lists_and_tree_specs(tmp_path):

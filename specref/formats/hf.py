@@ -39,35 +39,56 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         raise ValueError(f"config: hidden_act {cfg['hidden_act']!r} is not supported (silu only)")
     if model_type == "mistral" and cfg.get("sliding_window") is not None:
         raise ValueError("config: Mistral sliding-window attention is not supported")
-    try:
-        heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["hidden_size"])
-        theta, rope = parse_rope(cfg)
-        eos = cfg.get("eos_token_id")
-        eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
-        bias = bool(cfg.get("attention_bias", False))
-        return ModelConfig(
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_hidden_layers=int(cfg["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=theta,
-            rope_scaling=rope,
-            qkv_bias=model_type == "qwen2" or bias,
-            o_bias=bias,
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            eos_token_id=eos_ids,
-            bos_token_id=cfg.get("bos_token_id"),
-            head_vocab_size=cfg.get("specref_head_vocab_size"),
-            shares_target_embeddings=bool(cfg.get("specref_shares_target_embeddings", False)),
-        )
-    except KeyError as e:
-        raise ValueError(f"config: required field {e.args[0]!r} is missing") from None
+    heads, hidden = field(cfg, "num_attention_heads", int), field(cfg, "hidden_size", int)
+    theta, rope = parse_rope(cfg)
+    eos = cfg.get("eos_token_id")
+    eos_ids = tuple(field({"eos_token_id": e}, "eos_token_id", int)
+                    for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+    bias = field(cfg, "attention_bias", bool, False)
+    return ModelConfig(
+        vocab_size=field(cfg, "vocab_size", int),
+        hidden_size=hidden,
+        intermediate_size=field(cfg, "intermediate_size", int),
+        num_hidden_layers=field(cfg, "num_hidden_layers", int),
+        num_attention_heads=heads,
+        num_key_value_heads=field(cfg, "num_key_value_heads", int, heads),
+        head_dim=field(cfg, "head_dim", int, hidden // heads),
+        max_position_embeddings=field(cfg, "max_position_embeddings", int, 2048),
+        rms_norm_eps=field(cfg, "rms_norm_eps", float, 1e-6),
+        rope_theta=theta,
+        rope_scaling=rope,
+        qkv_bias=model_type == "qwen2" or bias,
+        o_bias=bias,
+        tie_word_embeddings=field(cfg, "tie_word_embeddings", bool, False),
+        eos_token_id=eos_ids,
+        bos_token_id=field(cfg, "bos_token_id", int, None),
+        head_vocab_size=field(cfg, "specref_head_vocab_size", int, None),
+        shares_target_embeddings=field(cfg, "specref_shares_target_embeddings", bool, False),
+    )
+
+
+REQUIRED = object()
+
+
+def field(cfg: dict[str, Any], name: str, kind: type, default: Any = REQUIRED) -> Any:
+    """`cfg[name]` as `kind` (int fields >= 1, except token ids >= 0), `default` when absent or null; a missing
+    required field or a value of the wrong type is refused, naming the field."""
+    value = cfg.get(name)
+    if value is None:
+        if default is REQUIRED:
+            raise ValueError(f"config: required field {name!r} is missing")
+        return default
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        if value < (0 if name.endswith("token_id") else 1):
+            raise ValueError(f"config: {name} must be {'>= 0' if name.endswith('token_id') else '>= 1'}, "
+                             f"got {value}")
+        return value
+    raise ValueError(f"config: {name} must be {'an integer' if kind is int else f'a {kind.__name__}'}, got {value!r}")
+
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """A `config.json` dict that both specref and transformers' LlamaForCausalLM read back identically."""
@@ -147,7 +168,10 @@ def read_config(path: str | Path) -> ModelConfig:
         raise ValueError(f"{file} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{file} must hold a JSON object")
-    return config_from_hf(cfg)
+    try:
+        return config_from_hf(cfg)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
@@ -161,6 +185,9 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{index} is not a valid shard index ({e!r})") from None
         files = [path / s for s in shards]
+        outside = [s for s, f in zip(shards, files, strict=True) if not f.resolve().is_relative_to(path.resolve())]
+        if outside:
+            raise ValueError(f"{index} names shards outside its directory: {outside}")
     elif single.is_file():
         files = [single]
     elif pickled.is_file():

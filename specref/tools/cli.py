@@ -1,27 +1,21 @@
-"""Command line: `python -m specref generate ...` (run `python -m specref generate --help`)."""
+"""Command line: `python -m specref COMMAND ...` (`python -m specref --help` lists the commands).
+
+The arguments are checked against each command's signature first (`tools/args.py`), so a misspelled flag
+fails at once; torch and the models are imported only once a command runs.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from specref import autoregressive, eagle_decode, sps
-from specref.checks import check_count, check_pair, check_request
-from specref.cpu import pack_linears
-from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
-from specref.formats.eagle import load_head
-from specref.formats.hf import build_model, load_draft, load_tokenizer, read_config, read_weights
-from specref.formats.prompts import encode
-from specref.logits import SamplingParams
-from specref.tools.options import parse_tree, tree_for
+from specref.tools.args import check, dashed
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
+DTYPES = ("float32", "float64", "bfloat16", "float16")
 METHODS = ("ar", "sps", "eagle")
 
 
@@ -51,6 +45,8 @@ def check_tokenizers(target: Any, draft: Any) -> None:
 
 def check_training(*, seed: int, train_prompts: int | None, lr: float, **counts: int) -> None:
     """The arguments train-draft and train-eagle share: counts >= 1, seed >= 0, lr > 0."""
+    from specref.checks import check_count
+
     for name, value in counts.items():
         check_count(name, value)
     check_count("seed", seed, minimum=0)
@@ -82,11 +78,16 @@ def comma_list(value: Any) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> Any:
+    """A torch.device, refused with a clear message when it is malformed or absent."""
+    import torch
+
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device {device!r} is not a valid torch device") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: specref runs on cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
     return dev
@@ -114,6 +115,18 @@ class CLI:
         63 nodes) | a JSON file of paths; dynamic trees (EAGLE-2): --total-tokens, --depth, --tree-top-k
         (defaults per device: `python -m specref calibrate` measures them).
         """
+        import torch
+
+        from specref import autoregressive, eagle_decode, sps
+        from specref.checks import check_count, check_pair, check_request
+        from specref.cpu import pack_linears
+        from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
+        from specref.formats.eagle import load_head
+        from specref.formats.hf import build_model, load_draft, load_tokenizer, read_config, read_weights
+        from specref.formats.prompts import encode
+        from specref.logits import SamplingParams
+        from specref.tools.options import tree_for
+
         # Every argument is checked before any weights are read.
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
         dev = resolve_device(device)
@@ -147,6 +160,8 @@ class CLI:
                 raise ValueError("--method eagle needs --eagle (a head directory) for a --target checkpoint")
             head_dir = Path(eagle) if eagle is not None else default_head_dir()
         tgt_config = read_config(target_dir)
+        if method == "eagle":
+            tree_spec.check_vocab(tgt_config.vocab_size)
         tokenizer = load_tokenizer(target_dir)
         if draft_dir is not None:
             check_pair(tgt_config, read_config(draft_dir))
@@ -157,7 +172,7 @@ class CLI:
             ids = encode(tokenizer, prompt, chat=not raw)
         check_request([ids], [tgt_config], max_new_tokens, seed)
 
-        tgt = build_model(tgt_config, read_weights(target_dir), dtype=DTYPES[dtype], device=dev)
+        tgt = build_model(tgt_config, read_weights(target_dir), dtype=getattr(torch, dtype), device=dev)
         drf = load_draft(draft_dir, tgt) if draft_dir is not None else None
         head = load_head(head_dir, tgt) if head_dir is not None else None
         if pack:
@@ -197,7 +212,10 @@ class CLI:
         (each --trees: dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa) on the default pair, in one
         run on the held-out prompts; --groups picks among sps,assisted,eagle. Prints the table, writes
         OUT/bench.json and OUT/bench.png."""
+        from specref.checks import check_count
+        from specref.logits import SamplingParams
         from specref.tools.bench import GROUPS, bench
+        from specref.tools.options import parse_tree
 
         for name, value in (("prompts", prompts), ("max_new_tokens", max_new_tokens), ("repeats", repeats)):
             check_count(name, value)
@@ -222,6 +240,7 @@ class CLI:
                   pack: bool = True) -> None:
         """Measure target and head costs by tree size, then greedy EAGLE tokens/s for a grid of dynamic trees
         on held-out prompts; print the fastest (the per-device defaults come from this). OUT: a JSON file."""
+        from specref.checks import check_count
         from specref.tools.calibrate import calibrate
 
         check_count("prompts", prompts)
@@ -236,6 +255,7 @@ class CLI:
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there.
         """
+        from specref.checks import check_count
         from specref.train.draft import train_draft
 
         check_count("layers", layers)
@@ -256,6 +276,7 @@ class CLI:
 
         Shares the draft's data: point --work-dir at a train-draft work directory to reuse its generated text.
         """
+        from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle
 
         tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # evaluated on the CPU
@@ -269,11 +290,28 @@ class CLI:
         print(json.dumps(result, indent=2))
 
 
-def main() -> None:
-    import fire
+COMMANDS = {dashed(name): getattr(CLI, name) for name in ("generate", "bench", "calibrate", "train_draft",
+                                                           "train_eagle")}
 
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one command. Bad input exits with status 2 and one line naming the problem, Ctrl-C with 130 and
+    one line, and a reader that goes away (`... | head -1`) ends the run quietly (141, as SIGPIPE would)."""
     try:
-        fire.Fire(CLI(), name="specref")
+        checked = check(COMMANDS, sys.argv[1:] if argv is None else list(argv))
+        if isinstance(checked, str):
+            print(checked)
+            return
+        import fire
+
+        fire.Fire(CLI(), command=checked[1], name="specref")
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"specref: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("specref: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # Point stdout at /dev/null, or flushing it at exit raises again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

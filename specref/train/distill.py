@@ -181,6 +181,9 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
             for g in opt.param_groups:  # cosine decay after a short warm-up
                 g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / len(flat)))
             loss = loss_of([data[i] for i in flat[step]])
+            if not torch.isfinite(loss):  # stop before a NaN reaches the weights or the checkpoint
+                raise ValueError(f"training diverged: loss {loss.item()} at step {step + 1} of {len(flat)} with "
+                                 f"learning rate {opt.param_groups[0]['lr']:.3g} (--lr {lr}); lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -193,6 +196,12 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                             "settings": settings}, state_file)
     return losses, len(flat)
+
+
+def check_output(out: str | Path) -> None:
+    """Refuse an existing output at the start, not after hours of data, labels and training."""
+    if Path(out).exists():
+        raise FileExistsError(f"{out} already exists; choose a new output directory")
 
 
 def target_to_draft(vocab_ids: Tensor, vocab_size: int) -> Tensor:

@@ -25,7 +25,16 @@ from specref import sps
 from specref.formats.hf import load_model, save_model
 from specref.logits import SamplingParams
 from specref.model import Llama
-from specref.train.distill import distill_loss, draft_vocabulary, fit, load_examples, pad, prepare, target_to_draft
+from specref.train.distill import (
+    check_output,
+    distill_loss,
+    draft_vocabulary,
+    fit,
+    load_examples,
+    pad,
+    prepare,
+    target_to_draft,
+)
 
 
 def new_draft(target: Llama, layers: int, vocab_ids: Tensor) -> Llama:
@@ -48,6 +57,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
 
+    check_output(out)
     started = time.time()
     torch.manual_seed(seed)
     target_dir = resolve_target(target)

@@ -29,7 +29,16 @@ from specref.eagle import KINDS, EagleHead, default_layer_ids, new_head_config
 from specref.formats.eagle import save_head
 from specref.logits import SamplingParams
 from specref.model import Llama
-from specref.train.distill import distill_loss, draft_vocabulary, fit, load_examples, pad, prepare, target_to_draft
+from specref.train.distill import (
+    check_output,
+    distill_loss,
+    draft_vocabulary,
+    fit,
+    load_examples,
+    pad,
+    prepare,
+    target_to_draft,
+)
 from specref.tree import TreeSpec
 
 DECAY = 0.8  # weight of unroll step s is DECAY^(s-1): deeper guesses matter less, as in EAGLE-3
@@ -78,6 +87,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
 
     if kind not in KINDS:
         raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
+    check_output(out)
     started = time.time()
     target_dir = resolve_target(target)
     dense = load_model(target_dir)  # trained against (the packed copy in `prepare` lacks dense weights)

@@ -1,0 +1,26 @@
+"""Bounded memory: a request whose buffers cannot fit is refused with the numbers, before it is allocated,
+rather than ending in an out-of-memory kill (or a raw allocator error) halfway through a run."""
+
+from __future__ import annotations
+
+import torch
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Bytes that can still be allocated on `device` (Linux MemAvailable, or free CUDA memory); None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_fits(nbytes: int, what: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, with the numbers, an allocation that cannot fit: better than an out-of-memory kill mid-run."""
+    free = available_memory(device)
+    if free is not None and nbytes > 0.8 * free:  # the rest of the run needs memory too
+        raise ValueError(f"{what} needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is "
+                         "available; ask for fewer samples, tokens or draft nodes")
