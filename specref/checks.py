@@ -16,13 +16,18 @@ def check_count(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
-def check_request(prompts: Sequence[Sequence[int]], configs: Sequence[ModelConfig], max_new_tokens: int,
-                  seed: int) -> list[list[int]]:
-    """Validate a batch of prompts against every model that will run them; return them as lists."""
+def check_run(max_new_tokens: int, seed: int) -> None:
+    """The settings of any decoding run: max_new_tokens >= 1, 0 <= seed < 2**64 (the coin's seed is 64 bits)."""
     check_count("max_new_tokens", max_new_tokens)
     check_count("seed", seed, minimum=0)
     if seed >= 2**64:
         raise ValueError(f"seed must be below 2**64, got {seed}")
+
+
+def check_request(prompts: Sequence[Sequence[int]], configs: Sequence[ModelConfig], max_new_tokens: int,
+                  seed: int) -> list[list[int]]:
+    """Validate a batch of prompts against every model that will run them; return them as lists."""
+    check_run(max_new_tokens, seed)
     prompts = [list(p) for p in prompts]
     if not prompts:
         raise ValueError("no prompts given")

@@ -31,6 +31,7 @@ from specref.checks import check_request, samples_of
 from specref.eagle import EagleHead
 from specref.kv_cache import KVCache
 from specref.logits import SamplingParams, process_logits
+from specref.memory import check_fits, round_bytes
 from specref.model import Llama, Output
 from specref.seeds import streams
 from specref.sequences import Sequences, Stream
@@ -129,8 +130,8 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
     start, stats = time.perf_counter(), Stats()
     _, coin = streams(seed, target.device)
     seqs = Sequences(prompts, max_new_tokens, eos_token_ids, stream)
-    nodes = len(tree.choices) + 1 if tree.kind == "static" else tree.total_tokens
-    capacity = int(seqs.limits.max()) + max(nodes, tree.depth * tree.top_k) + 2
+    capacity = int(seqs.limits.max()) + tree.scratch_rows
+    check_fits(round_bytes(len(prompts) * tree.nodes, target.config.vocab_size), f"probabilities of {tree.nodes} nodes")
     tcache, hcache = target.new_cache(len(prompts), capacity), head.new_cache(len(prompts), capacity)
     root_g, root_logits = prefill(target, head, tcache, hcache, seqs)
     while seqs.active.any():
@@ -143,7 +144,7 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
         path, path_len, token, _ = verify_tree(parents, tok, kinds, p, None, coin)  # 3. verify
         kept = accepted_path(tok, path, path_len, token)
         stats.record_round(tree.max_depth, (path_len - 1)[seqs.active].tolist())
-        stats.tree_nodes += (nodes - 1) * int(seqs.active.sum())
+        stats.tree_nodes += (tree.nodes - 1) * int(seqs.active.sum())
         stats.target_calls += 1
         stats.draft_calls += 1
         seqs.commit(kept.tokens, path_len)

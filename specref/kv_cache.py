@@ -23,12 +23,16 @@ from torch import Tensor
 from specref.memory import check_fits
 
 
+def cache_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a cache's K and V of `shape` (layers, batch, kv_heads, max_len, head_dim)."""
+    return 2 * math.prod(shape) * dtype.itemsize
+
+
 class KVCache:
     def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str) -> None:
         shape = (layers, batch, kv_heads, max_len, head_dim)
-        check_fits(2 * math.prod(shape) * dtype.itemsize, f"a KV cache for {batch} sequences x {max_len} positions",
-                   device)
+        check_fits(cache_bytes(shape, dtype), f"a KV cache for {batch} sequences x {max_len} positions", device)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)

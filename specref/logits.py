@@ -30,6 +30,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, int | float) and 0 <= self.temperature < math.inf):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if 0 < self.temperature < 1e-30:  # logits / T would overflow float32; such a T is greedy anyway
+            raise ValueError(f"temperature {self.temperature!r} is below 1e-30: use 0 for greedy decoding")
         check_count("top_k", self.top_k, minimum=0)
         if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")

@@ -24,3 +24,8 @@ def check_fits(nbytes: int, what: str, device: str | torch.device = "cpu") -> No
     if free is not None and nbytes > 0.8 * free:  # the rest of the run needs memory too
         raise ValueError(f"{what} needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is "
                          "available; ask for fewer samples, tokens or draft nodes")
+
+
+def round_bytes(rows: int, vocab: int) -> int:
+    """Bytes of one round's probability rows: float32 p and q, and the verifier's float64 copy of them."""
+    return rows * vocab * (4 + 8)

@@ -30,6 +30,7 @@ from specref.autoregressive import prefill, tensors
 from specref.checks import check_count, check_pair, check_request, samples_of
 from specref.kv_cache import KVCache
 from specref.logits import GREEDY, SamplingParams, process_logits, sample
+from specref.memory import check_fits, round_bytes
 from specref.model import Llama
 from specref.seeds import streams
 from specref.sequences import Sequences, Stream
@@ -87,6 +88,7 @@ def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]]
     generator, coin = streams(seed, target.device)
     seqs = Sequences(prompts, max_new_tokens, eos_token_ids, stream)
     batch, capacity = len(prompts), int(seqs.limits.max()) + gamma + 1
+    check_fits(round_bytes(batch * (2 * gamma + 1), target.config.vocab_size), f"probabilities for {gamma} drafts")
     tcache, dcache = (m.new_cache(batch, capacity) for m in (target, draft))
     prefill(target, tcache, seqs)
     prefill(draft, dcache, seqs)

@@ -71,6 +71,16 @@ class TreeSpec:
             raise ValueError(f"tree {what} needs at least {widest} tokens, but the vocabulary has {vocab}")
 
     @property
+    def nodes(self) -> int:
+        """Nodes verified per round, the root included."""
+        return len(self.choices) + 1 if self.kind == "static" else self.total_tokens
+
+    @property
+    def scratch_rows(self) -> int:
+        """Cache rows a round may append past the committed tokens: the scored tree, or the head's expansions."""
+        return max(self.nodes, self.depth * self.top_k) + 2
+
+    @property
     def max_depth(self) -> int:
         return max(map(len, self.choices)) if self.kind == "static" else self.depth + 1
 

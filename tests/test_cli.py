@@ -96,6 +96,9 @@ BAD = [
     ({"prompt_ids": "1,x"}, "prompt-ids"),
     ({"prompt_ids": "1,99"}, "prompt token ids"),
     ({"max_new_tokens": 200}, "max_position_embeddings"),
+    ({"seed": 2**70}, "seed must be below 2\\*\\*64"),
+    ({"num_samples": 10**9, "max_new_tokens": 8}, "KV caches for 1000000000 samples x 14 positions needs"),
+    ({"device": "meta"}, "cpu or cuda"),
 ]
 
 
@@ -142,6 +145,18 @@ def test_config_fields_are_type_checked_naming_field_and_file(tmp_path, edit, ne
     (path / "config.json").write_text(json.dumps({**config, **edit}))
     with pytest.raises(ValueError, match=f"config.json: config: {needle}"):
         read_config(path)
+
+
+def test_integer_weights_are_refused_naming_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "ints"
+    save_model(random_model(tiny_config(vocab=len(WORDS)), seed=3), path)
+    weights = load_file(path / "model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"].long()
+    save_file(weights, path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"norm\.weight has dtype torch\.int64, expected a floating-point"):
+        load_model(path)
 
 
 def test_a_shard_index_cannot_leave_its_directory(tmp_path):
@@ -325,10 +340,43 @@ def test_the_api_checks_its_arguments_as_the_cli_does(checkpoints):
                                         params=SamplingParams(0.0)).token_ids
     with pytest.raises(ValueError, match=r"10000000000 samples needs [\d.]+ GiB but only [\d.]+ GiB"):
         generate_ar(target, [3, 4], max_new_tokens=2, num_samples=10**10)
-    with pytest.raises(ValueError, match="a KV cache for 1 sequences x 1000000015 positions needs"):
+    with pytest.raises(ValueError, match="probabilities for 1000000000 drafts needs"):
         generate_sps(target, target, [3, 4], max_new_tokens=12, gamma=10**9)
+    from specref.kv_cache import KVCache
+
+    with pytest.raises(ValueError, match="a KV cache for 1000 sequences x 100000 positions needs"):
+        KVCache(30, 1000, 8, 100_000, 128, dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="--device meta: specref runs on cpu or cuda"):
         CLI().generate("the cat", target=str(checkpoints[0]), device="meta")
     with pytest.raises(ValueError, match="temperature"):
         generate_ar(random_model(tiny_config(vocab=8), seed=0, scale=3.0), [1, 2], max_new_tokens=2,
                     params=SamplingParams(temperature=1e-300))
+
+
+def test_problems_in_arguments_and_directories_are_found_before_any_model(tmp_path, checkpoints, monkeypatch):
+    target, _ = checkpoints
+    monkeypatch.setattr("specref.formats.hf.build_model", lambda *_, **__: pytest.fail("a model was built"))
+    monkeypatch.setattr("specref.formats.default_model.resolve_target", lambda *_: pytest.fail("cache verified"))
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1"):
+        CLI().generate("hi", max_new_tokens=0)
+    monkeypatch.undo()
+    monkeypatch.setattr("specref.formats.hf.build_model", lambda *_, **__: pytest.fail("a model was built"))
+    (tmp_path / "head").mkdir()
+    (tmp_path / "head" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no weights in"):
+        CLI().generate(target=str(target), method="eagle", eagle=str(tmp_path / "head"), prompt_ids="3,4")
+    from specref.eagle import random_head
+    from specref.formats.eagle import save_head
+
+    wide = random_model(tiny_config(vocab=len(WORDS), hidden=16), seed=3)
+    save_head(random_head("eagle", wide, 0), tmp_path / "wide")
+    with pytest.raises(ValueError, match="hidden size"):
+        CLI().generate(target=str(target), method="eagle", eagle=str(tmp_path / "wide"), prompt_ids="3,4")
+    with pytest.raises(ValueError, match="temperature 1e-300 is below 1e-30"):
+        CLI().generate(target=str(target), method="ar", prompt_ids="3,4", temperature=1e-300)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match=r"cannot write .*model\.gguf/out: "):
+        save_model(random_model(tiny_config(vocab=8), seed=0), tmp_path / "model.gguf" / "out")
+    with pytest.raises(ValueError, match="is a file, not a checkpoint directory"):
+        CLI().generate(target=str(tmp_path / "model.gguf"), method="ar", prompt_ids="3,4")
+

@@ -38,6 +38,15 @@ def test_train_resume_and_reproduce(tmp_path, checkpoints):  # noqa: F811
         train_draft(str(tmp_path / "d"), target=str(target_dir), work_dir=str(tmp_path / "work"),
                     **{**SMALL, "epochs": 3})
     assert not (tmp_path / "d").exists()
+    # the work dir remembers what its data was made with, and work files that go bad are named
+    with pytest.raises(ValueError, match=r"another max_new_tokens 6 \(now 7\); delete it or use another"):
+        train_draft(str(tmp_path / "e"), target=str(target_dir), work_dir=str(tmp_path / "work"),
+                    **{**SMALL, "max_new_tokens": 7})
+    data = sorted((tmp_path / "work").glob("data_*"))[0]
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"work file {data} is corrupt or truncated"):
+        train_draft(str(tmp_path / "f"), target=str(target_dir), work_dir=str(tmp_path / "work"), **SMALL)
+    assert not list((tmp_path / "work").glob(".*"))  # no temporary file left behind
 
 
 def test_an_existing_output_is_refused_at_the_start(tmp_path, monkeypatch):

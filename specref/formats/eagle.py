@@ -19,8 +19,8 @@ from torch import Tensor
 
 from specref.eagle import EagleHead, HeadConfig, default_layer_ids
 from specref.formats.files import atomic_directory, check_tensors
-from specref.formats.hf import config_to_hf, fuse_hf, parse_rope, read_weights, split_hf
-from specref.model import Llama
+from specref.formats.hf import WEIGHT_FILES, config_to_hf, fuse_hf, parse_rope, read_weights, split_hf
+from specref.model import Llama, ModelConfig
 
 
 def _our_names(key: str, kind: str) -> str:
@@ -38,7 +38,7 @@ def _count_layers(keys: set[str], prefix: str) -> int:
     return len(numeric) if numeric else 1
 
 
-def head_config_from(cfg: dict[str, Any], weights: dict[str, Tensor], target: Llama) -> HeadConfig:
+def head_config_from(cfg: dict[str, Any], weights: dict[str, Tensor], target: ModelConfig) -> HeadConfig:
     """Infer the head's kind and shapes from its checkpoint: the keys decide, the config only fills gaps."""
     keys = set(weights)
     if "fc.weight" not in keys:
@@ -47,18 +47,18 @@ def head_config_from(cfg: dict[str, Any], weights: dict[str, Tensor], target: Ll
     if kind == "eagle" and not any(k.startswith("layers.0.") for k in keys):
         raise ValueError("not an EAGLE head: neither layers.0.* (EAGLE-1/2, HASS) nor midlayer.* (EAGLE-3)")
     hidden = weights["fc.weight"].shape[0]
-    heads = int(cfg.get("num_attention_heads", target.config.num_attention_heads))
+    heads = int(cfg.get("num_attention_heads", target.num_attention_heads))
     theta, scaling = parse_rope(cfg)  # the head's own RoPE: EAGLE assumes theta 10000 when absent
     layer = replace(
-        target.config,
+        target,
         hidden_size=hidden,
-        intermediate_size=int(cfg.get("intermediate_size", target.config.intermediate_size)),
+        intermediate_size=int(cfg.get("intermediate_size", target.intermediate_size)),
         num_attention_heads=heads,
         num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=int(cfg.get("head_dim") or hidden // heads),
         num_hidden_layers=_count_layers(keys, "midlayer." if kind == "eagle3" else "layers."),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", target.config.max_position_embeddings)),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", target.config.rms_norm_eps)),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", target.max_position_embeddings)),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", target.rms_norm_eps)),
         rope_theta=theta,
         rope_scaling=scaling,
         qkv_bias=any(k.endswith(("q_proj.bias", "qkv_proj.bias")) for k in keys),
@@ -66,31 +66,44 @@ def head_config_from(cfg: dict[str, Any], weights: dict[str, Tensor], target: Ll
         tie_word_embeddings=False, head_vocab_size=None, shares_target_embeddings=False,
     )
     width = weights["fc.weight"].shape[1]
-    expected = (2 if kind == "eagle" else 3) * target.config.hidden_size
+    expected = (2 if kind == "eagle" else 3) * target.hidden_size
     if width != expected:
         raise ValueError(f"head fc takes {width} inputs but this target needs {expected} "
-                         f"({'2' if kind == 'eagle' else '3'} x hidden size {target.config.hidden_size})")
-    if kind == "eagle" and hidden != target.config.hidden_size:
-        raise ValueError(f"EAGLE-1 head hidden size {hidden} differs from the target's {target.config.hidden_size}")
-    vocab = int(cfg.get("vocab_size", target.config.vocab_size))
-    if vocab != target.config.vocab_size:
-        raise ValueError(f"head vocab size {vocab} differs from the target's {target.config.vocab_size}")
+                         f"({'2' if kind == 'eagle' else '3'} x hidden size {target.hidden_size})")
+    if kind == "eagle" and hidden != target.hidden_size:
+        raise ValueError(f"EAGLE-1 head hidden size {hidden} differs from the target's {target.hidden_size}")
+    vocab = int(cfg.get("vocab_size", target.vocab_size))
+    if vocab != target.vocab_size:
+        raise ValueError(f"head vocab size {vocab} differs from the target's {target.vocab_size}")
     draft_vocab = weights["lm_head.weight"].shape[0] if kind == "eagle3" else None
-    ids = cfg.get("eagle_aux_hidden_state_layer_ids") or default_layer_ids(target.config.num_hidden_layers)
+    ids = cfg.get("eagle_aux_hidden_state_layer_ids") or default_layer_ids(target.num_hidden_layers)
     return HeadConfig(kind=kind, layer=layer, fc_bias="fc.bias" in keys, draft_vocab_size=draft_vocab,
                       layer_ids=tuple(int(i) for i in ids) if kind == "eagle3" else ())
 
 
-def load_head(path: str | Path, target: Llama) -> EagleHead:
-    """Load an EAGLE-1/2, HASS or EAGLE-3 head directory (config.json + weights) for `target`."""
+def check_head_dir(path: str | Path) -> dict[str, Any]:
+    """The head's config, once its directory is known to hold a JSON config and weights; checked before any
+    model is built."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} is missing: not an EAGLE head directory")
     try:
         cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_file} must hold a JSON object")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise FileNotFoundError(f"no weights in {path}: expected one of {', '.join(WEIGHT_FILES)}")
+    return cfg
+
+
+def read_head(path: str | Path, target: ModelConfig) -> tuple[HeadConfig, dict[str, Tensor], bool]:
+    """A head directory read and checked against the target's config: (its config, its tensors under specref's
+    names, whether it has its own input embedding). Needs no target weights, so the command line runs it
+    before building the target."""
+    cfg = check_head_dir(path)
     weights = {k.removeprefix("model."): v for k, v in read_weights(path).items()
                if not k.endswith(("rotary_emb.inv_freq", "t2d"))}
     config = head_config_from(cfg, weights, target)
@@ -98,18 +111,25 @@ def load_head(path: str | Path, target: Llama) -> EagleHead:
     if own_embedding and tuple(weights["embed_tokens.weight"].shape) != (config.layer.vocab_size, config.hidden):
         raise ValueError(f"head embed_tokens has shape {tuple(weights['embed_tokens.weight'].shape)}")
     if config.kind == "eagle3" and "d2t" not in weights:
-        if config.draft_vocab_size != target.config.vocab_size:
+        if config.draft_vocab_size != target.vocab_size:
             raise ValueError("EAGLE-3 head has a reduced vocabulary but no d2t table")
         weights["d2t"] = torch.zeros(config.draft_vocab_size, dtype=torch.long)
     state = fuse_hf({_our_names(k, config.kind): v for k, v in weights.items()})
     with torch.device("meta"):
-        head = EagleHead(config, target, own_embedding)
-    expected = {k: v.shape for k, v in head.state_dict().items()}
-    check_tensors(f"{config.kind} head checkpoint", state, expected)
+        head = EagleHead(config, Llama(target), own_embedding)
+    check_tensors(f"{config.kind} head checkpoint", state, head.state_dict())
     if config.kind == "eagle3":
         ids = torch.arange(len(state["d2t"])) + state["d2t"]
-        if int(ids.min()) < 0 or int(ids.max()) >= target.config.vocab_size:
+        if int(ids.min()) < 0 or int(ids.max()) >= target.vocab_size:
             raise ValueError("head d2t maps draft tokens outside the target vocabulary")
+    return config, state, own_embedding
+
+
+def load_head(path: str | Path, target: Llama) -> EagleHead:
+    """Load an EAGLE-1/2, HASS or EAGLE-3 head directory (config.json + weights) for `target`."""
+    config, state, own_embedding = read_head(path, target.config)
+    with torch.device("meta"):
+        head = EagleHead(config, target, own_embedding)
     dtype, device = target.dtype, target.device
     head.load_state_dict({k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
                           for k, v in state.items()}, assign=True)

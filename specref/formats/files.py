@@ -9,7 +9,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 
@@ -20,8 +19,11 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose a new output directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror or e} in {path.parent}") from None
     try:
         yield tmp
         os.replace(tmp, path)
@@ -30,14 +32,34 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def check_tensors(what: str, state: Mapping[str, Tensor], expected: Mapping[str, torch.Size]) -> None:
-    """Refuse a checkpoint (`what`) whose tensor names or shapes differ from the model's, naming them."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Write one file all or nothing: yields a temporary sibling of `path`, renamed over it when the block
+    succeeds and removed when it fails, so that an interrupted write never leaves a truncated file."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def check_tensors(what: str, state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
+    """Refuse a checkpoint (`what`) whose tensor names, shapes or kinds (floating point or integer) differ from
+    the model's (`expected`, e.g. on the meta device), naming them."""
     missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or extra:
         more = lambda names: " ..." if len(names) > 5 else ""  # noqa: E731
         raise ValueError(f"{what} does not match its config: missing tensors {missing[:5]}{more(missing)}, "
                          f"unexpected tensors {extra[:5]}{more(extra)}")
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != tuple(shape):
-            raise ValueError(f"{what} tensor {name} has shape {tuple(state[name].shape)}, the config implies "
-                             f"{tuple(shape)}")
+    for name, want in expected.items():
+        got = state[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise ValueError(f"{what} tensor {name} has shape {tuple(got.shape)}, the config implies "
+                             f"{tuple(want.shape)}")
+        if got.is_floating_point() != want.is_floating_point():
+            raise ValueError(f"{what} tensor {name} has dtype {got.dtype}, expected "
+                             f"{'a floating-point' if want.is_floating_point() else 'an integer'} tensor")

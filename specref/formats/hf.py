@@ -27,6 +27,7 @@ from specref.model import Llama, ModelConfig
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin")  # in order of preference
 
 
 def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
@@ -158,6 +159,9 @@ def parse_rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 def read_config(path: str | Path) -> ModelConfig:
     file = Path(path) / "config.json"
+    if Path(path).is_file():
+        raise ValueError(f"{path} is a file, not a checkpoint directory (config.json + weights); GGUF files are read "
+                         "only for the default target")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     if not file.is_file():
@@ -177,8 +181,7 @@ def read_config(path: str | Path) -> ModelConfig:
 def read_weights(path: str | Path) -> dict[str, Tensor]:
     """All tensors of a checkpoint directory, keyed as in the files."""
     path = Path(path)
-    index, single, pickled = (path / "model.safetensors.index.json", path / "model.safetensors",
-                              path / "pytorch_model.bin")
+    index, single, pickled = (path / name for name in WEIGHT_FILES)
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -224,7 +227,7 @@ def build_model(config: ModelConfig, weights: dict[str, Any], *, dtype: torch.dt
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
         model = Llama(config)
-    expected = {k: v.shape for k, v in split_hf(model.state_dict(), config).items()
+    expected = {k: v for k, v in split_hf(model.state_dict(), config).items()
                 if not (config.tie_word_embeddings and k == "lm_head.weight")}
     check_tensors("checkpoint", state, expected)
     state = fuse_hf(state)

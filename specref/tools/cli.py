@@ -118,13 +118,15 @@ class CLI:
         import torch
 
         from specref import autoregressive, eagle_decode, sps
-        from specref.checks import check_count, check_pair, check_request
+        from specref.checks import check_count, check_pair, check_request, check_run
         from specref.cpu import pack_linears
         from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
-        from specref.formats.eagle import load_head
+        from specref.formats.eagle import load_head, read_head
         from specref.formats.hf import build_model, load_draft, load_tokenizer, read_config, read_weights
         from specref.formats.prompts import encode
+        from specref.kv_cache import cache_bytes
         from specref.logits import SamplingParams
+        from specref.memory import check_fits, round_bytes
         from specref.tools.options import tree_for
 
         # Every argument is checked before any weights are read.
@@ -133,6 +135,7 @@ class CLI:
         tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k)
         check_count("gamma", gamma)
         check_count("num_samples", num_samples)
+        check_run(max_new_tokens, seed)
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         if output not in ("text", "json"):
@@ -160,8 +163,11 @@ class CLI:
                 raise ValueError("--method eagle needs --eagle (a head directory) for a --target checkpoint")
             head_dir = Path(eagle) if eagle is not None else default_head_dir()
         tgt_config = read_config(target_dir)
-        if method == "eagle":
+        if head_dir is not None:
+            read_head(head_dir, tgt_config)  # the whole head checked against the target's config, no weights
             tree_spec.check_vocab(tgt_config.vocab_size)
+        if ids is not None:
+            check_request([ids], [tgt_config], max_new_tokens, seed)
         tokenizer = load_tokenizer(target_dir)
         if draft_dir is not None:
             check_pair(tgt_config, read_config(draft_dir))
@@ -171,6 +177,14 @@ class CLI:
                 raise ValueError("this model has no tokenizer: give the prompt as --prompt-ids 1,2,3")
             ids = encode(tokenizer, prompt, chat=not raw)
         check_request([ids], [tgt_config], max_new_tokens, seed)
+        # The buffers the run will allocate, checked before the weights are read (the loops check them again).
+        rows = len(ids) + max_new_tokens + {"ar": 0, "sps": gamma + 1, "eagle": tree_spec.scratch_rows}[method]
+        configs = [tgt_config] + ([read_config(draft_dir)] if draft_dir is not None else [])
+        caches = sum(cache_bytes((c.num_hidden_layers, num_samples, c.num_key_value_heads, rows, c.head_dim),
+                                 getattr(torch, dtype)) for c in configs)
+        check_fits(caches, f"KV caches for {num_samples} samples x {rows} positions", dev)
+        scored = num_samples * {"ar": 1, "sps": 2 * gamma + 1, "eagle": tree_spec.nodes}[method]
+        check_fits(round_bytes(scored, tgt_config.vocab_size), f"probabilities over {scored} rows a round", dev)
 
         tgt = build_model(tgt_config, read_weights(target_dir), dtype=getattr(torch, dtype), device=dev)
         drf = load_draft(draft_dir, tgt) if draft_dir is not None else None

@@ -16,6 +16,8 @@ Every stage writes its results into a work directory, so an interrupted run resu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -24,13 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from specref import autoregressive
 from specref.cpu import pack_linears
-from specref.formats.hf import load_model, load_tokenizer
+from specref.formats.default_model import file_digest
+from specref.formats.files import atomic_file
+from specref.formats.hf import WEIGHT_FILES, load_model, load_tokenizer
 from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
 from specref.model import Llama
@@ -55,9 +60,22 @@ def stage_data(target: Llama, prompts: list[list[int]], work: Path, samples: int
         tokens = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.int32)
         for r, row in enumerate(rows):
             tokens[r, : len(row)] = torch.tensor(row)
-        save_file({"tokens": tokens, "lengths": torch.tensor([len(r) for r in rows]),
-                   "prompt_lens": torch.tensor([len(p) for p in batch])}, f)
+        save({"tokens": tokens, "lengths": torch.tensor([len(r) for r in rows]),
+              "prompt_lens": torch.tensor([len(p) for p in batch])}, f)
     return files
+
+
+def save(tensors: dict[str, Tensor], path: Path) -> None:
+    """A work file, written atomically: an interrupted stage leaves no truncated file for the resume to trip on."""
+    with atomic_file(path) as tmp:
+        save_file(tensors, tmp)
+
+
+def load(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"work file {path} is corrupt or truncated ({e}); delete it to rebuild it") from None
 
 
 def feature_tag(feature_layers: tuple[int, ...] | None) -> str | None:
@@ -80,7 +98,7 @@ def stage_labels(target: Llama, files: list[Path], top_k: int, micro: int,
         out.append(g)
         if g.exists() and (tag is None or h.exists()):
             continue
-        tokens = load_file(f)["tokens"].long()
+        tokens = load(f)["tokens"].long()
         ids, logp, feats = [], [], []
         for i in range(0, len(tokens), micro):
             x = tokens[i : i + micro]
@@ -90,9 +108,9 @@ def stage_labels(target: Llama, files: list[Path], top_k: int, micro: int,
             logp.append(top.values.half())
             if tag is not None:
                 feats.append((torch.cat(o.layer_inputs, -1) if feature_layers else o.hidden).half())
-        save_file({"ids": torch.cat(ids), "logp": torch.cat(logp)}, g)
+        save({"ids": torch.cat(ids), "logp": torch.cat(logp)}, g)
         if tag is not None:
-            save_file({"features": torch.cat(feats)}, h)
+            save({"features": torch.cat(feats)}, h)
     return out
 
 
@@ -101,7 +119,7 @@ def draft_vocabulary(files: list[Path], size: int, vocab: int, eos: tuple[int, .
     occurrences they cover."""
     counts = np.zeros(vocab, dtype=np.int64)
     for f in files:
-        data = load_file(f)
+        data = load(f)
         valid = torch.arange(data["tokens"].shape[1]) < data["lengths"][:, None]
         counts += np.bincount(data["tokens"][valid].numpy(), minlength=vocab)
     ranked = counts.copy()
@@ -114,8 +132,8 @@ def load_examples(files: list[Path], labels: list[Path], feature_layers: tuple[i
     """One (tokens, label ids, label log-probs, first answer position[, features]) tuple per sequence."""
     tag, data = feature_tag(feature_layers), []
     for f, g in zip(files, labels, strict=True):
-        d, lab = load_file(f), load_file(g)
-        feats = load_file(g.with_name(g.name.replace("labels_", f"features-{tag}_")))["features"] if tag else None
+        d, lab = load(f), load(g)
+        feats = load(g.with_name(g.name.replace("labels_", f"features-{tag}_")))["features"] if tag else None
         for r in range(len(d["tokens"])):
             n, start = int(d["lengths"][r]), int(d["prompt_lens"][r]) - 1  # first position predicting an answer
             row = (d["tokens"][r, :n].long(), lab["ids"][r, :n], lab["logp"][r, :n], start)
@@ -168,7 +186,10 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     flat = [g for _ in range(epochs) for g in batches(data, batch_tokens, rng)]
     step = 0
     if state_file.exists():
-        state = torch.load(state_file, weights_only=True)
+        try:
+            state = torch.load(state_file, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{state_file} is corrupt ({e}); delete it to train from the start") from None
         if state.get("settings") != settings:
             raise ValueError(f"{state_file} was written with other settings ({state.get('settings')}); "
                              "delete it or use another --work-dir")
@@ -193,8 +214,9 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if step % 100 == 0 or step == len(flat):
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                            "settings": settings}, state_file)
+                with atomic_file(state_file) as tmp:
+                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                                "settings": settings}, tmp)
     return losses, len(flat)
 
 
@@ -215,12 +237,37 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
             train_prompts: int | None, eval_prompts: int, feature_layers: tuple[int, ...] | None = None) -> dict:
     """Stages 1-2 of distillation with a packed (faster) copy of the target, plus the prompt sets."""
     tok = load_tokenizer(target_dir)
+    prompts = [encode(tok, p) for p in load_prompts("train")[:train_prompts]]
+    claim(work, target_dir, prompts, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
     target = load_model(target_dir)
     pack_linears(target)
-    work.mkdir(parents=True, exist_ok=True)
-    prompts = [encode(tok, p) for p in load_prompts("train")[:train_prompts]]
     files = stage_data(target, prompts, work, samples, max_new_tokens, chunk=40, seed=seed)
     labels = stage_labels(target, files, min(top_k, target.config.vocab_size), micro=4,
                           feature_layers=feature_layers)
     heldout = [encode(tok, p) for p in load_prompts("heldout")[:eval_prompts]]
     return {"target": target, "files": files, "labels": labels, "heldout": heldout}
+
+
+def claim(work: Path, target_dir: Path, prompts: list[list[int]], **settings: int) -> None:
+    """Use `work` for this target, these prompts and these data settings only: its first use records them
+    (`fingerprint.json`), and a later run that differs in any of them is refused, naming what differs, instead
+    of silently training on data made otherwise."""
+    files = sorted(f for f in Path(target_dir).iterdir() if f.name in ("config.json", *WEIGHT_FILES)
+                   or f.name.endswith(".safetensors"))
+    fingerprint = {"target": {f.name: file_digest(f, "crc32") for f in files},
+                   "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), **settings}
+    record = work / "fingerprint.json"
+    if record.is_file():
+        made = json.loads(record.read_text())
+        changed = [k for k in fingerprint if made.get(k) != fingerprint[k]]
+        if changed:
+            was = ", ".join(f"{k} {made.get(k)!r} (now {fingerprint[k]!r})" if k in settings else k for k in changed)
+            raise ValueError(f"work dir {work} holds data made with another {was}; delete it or use another "
+                             "--work-dir")
+        return
+    if work.is_dir() and any(work.glob("data_*")):
+        raise ValueError(f"work dir {work} holds data without a fingerprint.json (an older specref made it); "
+                         "delete it or use another --work-dir")
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_file(record) as tmp:
+        tmp.write_text(json.dumps(fingerprint, indent=2) + "\n")
