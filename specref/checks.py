@@ -28,6 +28,9 @@ def check_request(prompts: Sequence[Sequence[int]], configs: Sequence[ModelConfi
                   seed: int) -> list[list[int]]:
     """Validate a batch of prompts against every model that will run them; return them as lists."""
     check_run(max_new_tokens, seed)
+    if isinstance(prompts, str) or any(isinstance(p, int | np.integer | str) for p in prompts):
+        raise ValueError(f"prompts must be a list of token-id lists (one per sequence), got {str(prompts)[:80]}; "
+                         "for a single prompt use generate(...)")
     prompts = [list(p) for p in prompts]
     if not prompts:
         raise ValueError("no prompts given")
@@ -52,6 +55,8 @@ def check_pair(target: ModelConfig, draft: ModelConfig) -> None:
 
 def samples_of(prompt_ids: Sequence[int], num_samples: int) -> list[list[int]]:
     """`num_samples` copies of one prompt: independent continuations are one batch."""
+    if isinstance(prompt_ids, int | np.integer | str):  # arrays, tensors and tuples are fine
+        raise ValueError(f"prompt_ids must be a list of token ids, got {prompt_ids!r}")
     prompt = list(prompt_ids)
     # At least a list per copy and 64 bytes per token of it (the copy, the committed tokens, some K/V).
     check_fits(check_count("num_samples", num_samples) * (256 + 64 * len(prompt)), f"{num_samples} samples")

@@ -333,6 +333,12 @@ def test_the_api_checks_its_arguments_as_the_cli_does(checkpoints):
             SamplingParams(temperature=bad)
     with pytest.raises(ValueError, match="seed must be below 2\\*\\*64"):
         generate_ar(target, [3, 4], max_new_tokens=2, seed=2**70)
+    with pytest.raises(ValueError, match="prompt_ids must be a list of token ids, got 3"):
+        generate_ar(target, 3, max_new_tokens=2)
+    from specref.autoregressive import generate_batch
+
+    with pytest.raises(ValueError, match="prompts must be a list of token-id lists"):
+        generate_batch(target, [3, 4], max_new_tokens=2)
     with pytest.raises(ValueError, match="eos_token_ids must be a token id or a list of them"):
         generate_ar(target, [3, 4], max_new_tokens=2, eos_token_ids="2")
     one = generate_ar(target, [3, 4], max_new_tokens=20, eos_token_ids=2, params=SamplingParams(0.0))
