@@ -40,3 +40,7 @@ def __getattr__(name: str) -> Any:
     module, attr = _PUBLIC[name]
     value = globals()[name] = getattr(import_module(module), attr)
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

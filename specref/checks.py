@@ -28,6 +28,7 @@ def check_request(prompts: Sequence[Sequence[int]], configs: Sequence[ModelConfi
                   seed: int) -> list[list[int]]:
     """Validate a batch of prompts against every model that will run them; return them as lists."""
     check_run(max_new_tokens, seed)
+    prompts = prompts if isinstance(prompts, str) else list(prompts)  # a generator is read once
     if isinstance(prompts, str) or any(isinstance(p, int | np.integer | str) for p in prompts):
         raise ValueError(f"prompts must be a list of token-id lists (one per sequence), got {str(prompts)[:80]}; "
                          "for a single prompt use generate(...)")

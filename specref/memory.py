@@ -9,8 +9,9 @@ import torch
 def available_memory(device: str | torch.device = "cpu") -> int | None:
     """Bytes that can still be allocated on `device` (Linux MemAvailable, or free CUDA memory); None if unknown."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # free memory plus what PyTorch's caching allocator holds but does not use
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     try:
         with open("/proc/meminfo") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))

@@ -386,3 +386,33 @@ def test_problems_in_arguments_and_directories_are_found_before_any_model(tmp_pa
     with pytest.raises(ValueError, match="is a file, not a checkpoint directory"):
         CLI().generate(target=str(tmp_path / "model.gguf"), method="ar", prompt_ids="3,4")
 
+
+
+@pytest.mark.parametrize(("argv", "fire_argv"), [
+    (["generate", "x", "--pack", "False"], ["generate", "'x'", "--nopack"]),
+    (["generate", "--raw", "true", "x"], ["generate", "'x'", "--raw"]),
+    (["generate", "x", "--greedy-draft=false"], ["generate", "'x'", "--nogreedy_draft"]),
+    (["generate", "x", "--nopack=True"], ["generate", "'x'", "--nopack"]),
+    (["generate", "--prompt", "it's \"quoted\" \\ text"], ["generate", "--prompt='it\\'s \"quoted\" \\\\ text'"]),
+    (["bench", "--out", "o", "--gammas", "1,2", "--seed=-1"], ["bench", "--out='o'", "--gammas=1,2", "--seed=-1"]),
+])
+def test_switches_values_and_keyword_spellings_reach_fire_as_meant(argv, fire_argv):
+    from specref.tools.args import check
+    from specref.tools.cli import COMMANDS
+
+    assert check(COMMANDS, argv)[1] == fire_argv
+
+
+def test_switch_values_and_integer_lists_are_strict(checkpoints):
+    from specref.tools.cli import parse_ids
+
+    res = run_cli("x", "--target", str(checkpoints[0]), "--pack=maybe")
+    assert res.returncode == 2 and "--pack takes no value or one of true/false, got 'maybe'" in res.stderr
+    assert parse_ids("1,2,3") == parse_ids((1, 2, 3)) == parse_ids("[1, 2, 3]") == [1, 2, 3]
+    for bad in ("1.9,2", (True, 2), 1.5, (1.0, 2), "x"):
+        with pytest.raises(ValueError, match="--gammas must be comma-separated integers"):
+            parse_ids(bad, "--gammas")
+    target, draft = checkpoints
+    res = run_cli("the cat", "--target", str(target), "--draft", str(draft), "--greedy-draft=false", "--pack", "False",
+                  "--max-new-tokens", "3", "--output", "json")
+    assert res.returncode == 0, res.stderr

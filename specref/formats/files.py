@@ -41,6 +41,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would make the file private, unlike a plain write
         os.replace(name, path)
     except BaseException:
         Path(name).unlink(missing_ok=True)

@@ -13,6 +13,8 @@ import difflib
 import inspect
 from collections.abc import Callable
 
+TRUTH = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
 
 class UsageError(ValueError):
     """A command line that names an unknown command or flag, or gives too many arguments."""
@@ -84,14 +86,21 @@ def check(commands: dict[str, Callable], argv: list[str]) -> tuple[str, list[str
             continue
         flag, has_value, value = token[2:].partition("=")
         key = flag.replace("-", "_")
-        switch = key.startswith("no") and key[2:] in params and kind(params[key[2:]]) == "bool"
-        if not switch and (key not in params or params[key].kind != params[key].KEYWORD_ONLY):
-            spellings = [dashed(n) for n, p in params.items() if p.kind == p.KEYWORD_ONLY]
+        negated = key.startswith("no") and key[2:] in params and kind(params[key[2:]]) == "bool"
+        key = key[2:] if negated else key
+        if key not in params:
+            spellings = [dashed(n) for n in params]
             close = difflib.get_close_matches(dashed(flag), spellings, n=1)
             hint = f"; did you mean --{close[0]}?" if close else f" (python -m specref {name} --help lists them)"
             raise UsageError(f"unknown flag --{flag} for {name}{hint}")
-        if switch or kind(params[key]) == "bool":
-            out.append(token)
+        if kind(params[key]) == "bool":
+            # A switch, or a switch with a truth value (--pack=false, --pack False): fire would take the text.
+            if not has_value and args and args[0].lower() in ("true", "false"):
+                value, has_value = args.pop(0), True
+            if has_value and value.lower() not in TRUTH:
+                raise UsageError(f"--{flag} takes no value or one of true/false, got {value!r}")
+            on = TRUTH.get(value.lower(), True) != negated
+            out.append(f"--{key}" if on else f"--no{key}")
             continue
         if not has_value:
             if not args:

@@ -56,20 +56,16 @@ def check_training(*, seed: int, train_prompts: int | None, lr: float, **counts:
         raise ValueError(f"--lr must be > 0, got {lr!r}")
 
 
-def parse_ids(value: Any) -> list[int]:
-    """`--prompt-ids 1,2,3` reaches us as a tuple, an int or a string, depending on how fire parsed it."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, tuple | list):
-        items = list(value)
-    elif isinstance(value, str):
-        items = [s for s in value.replace(" ", ",").split(",") if s]
-    else:
-        raise ValueError(f"--prompt-ids must be comma-separated integers, got {value!r}")
-    try:
-        return [int(s) for s in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"--prompt-ids must be comma-separated integers, got {value!r}") from None
+def parse_ids(value: Any, flag: str = "--prompt-ids") -> list[int]:
+    """A list of integers (`--prompt-ids 1,2,3`, `--gammas 1,2`) as fire hands it over: a tuple, an int or a
+    string. Anything that is not exactly an integer (1.9, True, "x") is refused, never rounded."""
+    items = list(value) if isinstance(value, tuple | list) else str(value).strip("[]()").replace(" ", ",").split(",")
+    items = [v.strip() if isinstance(v, str) else v for v in items]
+    exact = [int(v) for v in items if (isinstance(v, int) and not isinstance(v, bool))
+             or (isinstance(v, str) and v.removeprefix("-").isdigit())]
+    if len(exact) != len([v for v in items if v != ""]) or isinstance(value, bool | float):
+        raise ValueError(f"{flag} must be comma-separated integers, got {value!r}")
+    return exact
 
 
 def comma_list(value: Any) -> list[str]:
@@ -234,7 +230,7 @@ class CLI:
         for name, value in (("prompts", prompts), ("max_new_tokens", max_new_tokens), ("repeats", repeats)):
             check_count(name, value)
         check_count("seed", seed, minimum=0)
-        gammas = tuple(parse_ids(gammas))
+        gammas = tuple(parse_ids(gammas, "--gammas"))
         for g in gammas:
             check_count("gammas", g)
         temps = tuple(float(t) for t in comma_list(temperatures))

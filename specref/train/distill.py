@@ -204,7 +204,8 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
             loss = loss_of([data[i] for i in flat[step]])
             if not torch.isfinite(loss):  # stop before a NaN reaches the weights or the checkpoint
                 raise ValueError(f"training diverged: loss {loss.item()} at step {step + 1} of {len(flat)} with "
-                                 f"learning rate {opt.param_groups[0]['lr']:.3g} (--lr {lr}); lower --lr")
+                                 f"learning rate {opt.param_groups[0]['lr']:.3g} (--lr {lr}); lower --lr (and delete "
+                                 f"{state_file.name}, which records the settings it was trained with)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -258,7 +259,10 @@ def claim(work: Path, target_dir: Path, prompts: list[list[int]], **settings: in
                    "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), **settings}
     record = work / "fingerprint.json"
     if record.is_file():
-        made = json.loads(record.read_text())
+        try:
+            made = json.loads(record.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{record} is corrupt ({e}); delete the work dir or use another --work-dir") from None
         changed = [k for k in fingerprint if made.get(k) != fingerprint[k]]
         if changed:
             was = ", ".join(f"{k} {made.get(k)!r} (now {fingerprint[k]!r})" if k in settings else k for k in changed)
