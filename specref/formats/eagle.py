@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from specref.eagle import EagleHead, HeadConfig, default_layer_ids
-from specref.formats.files import atomic_directory, check_tensors
+from specref.formats.files import atomic_directory, check_tensors, read_json_config
 from specref.formats.hf import WEIGHT_FILES, config_to_hf, fuse_hf, parse_rope, read_weights, split_hf
 from specref.model import Llama, ModelConfig
 
@@ -85,15 +85,7 @@ def check_head_dir(path: str | Path) -> dict[str, Any]:
     """The head's config, once its directory is known to hold a JSON config and weights; checked before any
     model is built."""
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file} is missing: not an EAGLE head directory")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_file} must hold a JSON object")
+    cfg = read_json_config(path, "an EAGLE head directory")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise FileNotFoundError(f"no weights in {path}: expected one of {', '.join(WEIGHT_FILES)}")
     return cfg

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -48,6 +50,27 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+
+
+def read_json_config(directory: str | Path, what: str) -> dict[str, Any]:
+    """`directory/config.json` as a dict; a missing directory or file, bad JSON or a non-object is refused,
+    naming the file (`what` says which kind of directory was expected)."""
+    directory = Path(directory)
+    if directory.is_file():
+        raise ValueError(f"{directory} is a file, not {what} (config.json + weights); GGUF files are read only for "
+                         "the default target")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{what} {directory} does not exist")
+    file = directory / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: not {what}")
+    try:
+        cfg = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file} must hold a JSON object")
+    return cfg
 
 
 def check_tensors(what: str, state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:

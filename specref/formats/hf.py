@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import Tensor
 
-from specref.formats.files import atomic_directory, check_tensors
+from specref.formats.files import atomic_directory, check_tensors, read_json_config
 from specref.model import Llama, ModelConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -158,20 +158,8 @@ def parse_rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 
 def read_config(path: str | Path) -> ModelConfig:
+    cfg = read_json_config(path, "a checkpoint directory")
     file = Path(path) / "config.json"
-    if Path(path).is_file():
-        raise ValueError(f"{path} is a file, not a checkpoint directory (config.json + weights); GGUF files are read "
-                         "only for the default target")
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing: not a Hugging Face checkpoint directory")
-    try:
-        cfg = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{file} must hold a JSON object")
     try:
         return config_from_hf(cfg)
     except ValueError as e:
