@@ -119,7 +119,13 @@ def read_head(path: str | Path, target: ModelConfig) -> tuple[HeadConfig, dict[s
 
 def load_head(path: str | Path, target: Llama) -> EagleHead:
     """Load an EAGLE-1/2, HASS or EAGLE-3 head directory (config.json + weights) for `target`."""
-    config, state, own_embedding = read_head(path, target.config)
+    return place_head(read_head(path, target.config), target)
+
+
+def place_head(read: tuple[HeadConfig, dict[str, Tensor], bool], target: Llama) -> EagleHead:
+    """The head that `read_head` read, on the target's device and dtype, sharing its embedding (and for
+    EAGLE-1/2 its output layer)."""
+    config, state, own_embedding = read
     with torch.device("meta"):
         head = EagleHead(config, target, own_embedding)
     dtype, device = target.dtype, target.device

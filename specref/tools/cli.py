@@ -117,7 +117,7 @@ class CLI:
         from specref.checks import check_count, check_pair, check_request, check_run
         from specref.cpu import pack_linears
         from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
-        from specref.formats.eagle import load_head, read_head
+        from specref.formats.eagle import place_head, read_head
         from specref.formats.hf import build_model, load_draft, load_tokenizer, read_config, read_weights
         from specref.formats.prompts import encode
         from specref.kv_cache import cache_bytes
@@ -159,23 +159,26 @@ class CLI:
                 raise ValueError("--method eagle needs --eagle (a head directory) for a --target checkpoint")
             head_dir = Path(eagle) if eagle is not None else default_head_dir()
         tgt_config = read_config(target_dir)
+        drf_config = read_config(draft_dir) if draft_dir is not None else None
+        if drf_config is not None:
+            check_pair(tgt_config, drf_config)
+        head_read = None
         if head_dir is not None:
-            read_head(head_dir, tgt_config)  # the whole head checked against the target's config, no weights
+            head_read = read_head(head_dir, tgt_config)  # the whole head, checked against the target's config
             tree_spec.check_vocab(tgt_config.vocab_size)
         if ids is not None:
             check_request([ids], [tgt_config], max_new_tokens, seed)
         tokenizer = load_tokenizer(target_dir)
         if draft_dir is not None:
-            check_pair(tgt_config, read_config(draft_dir))
             check_tokenizers(tokenizer, load_tokenizer(draft_dir))
         if ids is None:
             if tokenizer is None:
                 raise ValueError("this model has no tokenizer: give the prompt as --prompt-ids 1,2,3")
             ids = encode(tokenizer, prompt, chat=not raw)
-        check_request([ids], [tgt_config], max_new_tokens, seed)
+            check_request([ids], [tgt_config], max_new_tokens, seed)
         # The buffers the run will allocate, checked before the weights are read (the loops check them again).
         rows = len(ids) + max_new_tokens + {"ar": 0, "sps": gamma + 1, "eagle": tree_spec.scratch_rows}[method]
-        configs = [tgt_config] + ([read_config(draft_dir)] if draft_dir is not None else [])
+        configs = [c for c in (tgt_config, drf_config) if c is not None]
         caches = sum(cache_bytes((c.num_hidden_layers, num_samples, c.num_key_value_heads, rows, c.head_dim),
                                  getattr(torch, dtype)) for c in configs)
         check_fits(caches, f"KV caches for {num_samples} samples x {rows} positions", dev)
@@ -184,7 +187,7 @@ class CLI:
 
         tgt = build_model(tgt_config, read_weights(target_dir), dtype=getattr(torch, dtype), device=dev)
         drf = load_draft(draft_dir, tgt) if draft_dir is not None else None
-        head = load_head(head_dir, tgt) if head_dir is not None else None
+        head = place_head(head_read, tgt) if head_read is not None else None
         if pack:
             for model in (tgt, drf, head):
                 if model is not None:
