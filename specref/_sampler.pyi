@@ -42,7 +42,7 @@ class SeededCoin:
     """
 
     def __init__(self, seed: int) -> None:
-        """``seed`` must satisfy 0 <= seed < 2**64 (else ValueError; a non-int raises TypeError)."""
+        """``seed`` must satisfy 0 <= seed < 2**64 (else OverflowError; a non-int raises TypeError)."""
 
     def uniform(self) -> float:
         """The next uniform in [0, 1), a multiple of 2**-53 (advances the stream like one decision)."""
@@ -93,40 +93,6 @@ def chain_law(
         probabilities summing to 1 up to float64 rounding.
     """
 
-
-def static_tree(choices: list[list[int]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Lay out an EAGLE/Medusa static tree from its choices.
-
-    Args:
-        choices: paths of child ranks from the root: ``[0]`` is the root's top-1 child, ``[0, 1]`` the
-            2nd-ranked child of that node. Every path's parent prefix must be listed; lists or tuples of
-            ints (not bools).
-
-    Returns:
-        (parents, ranks), each of shape (n,) with n = len(choices) + 1: node 0 is the root
-        (``parents[0] = ranks[0] = -1``); nodes are sorted by (path length, lexicographic path), so each
-        parent precedes its children and siblings come in rank order.
-
-    Raises ValueError for a value that is not a list of lists of ints, an empty path, a negative rank, a
-    duplicate path, a path whose parent prefix is missing, or more than 4096 nodes.
-    """
-
-def tree_buffers(
-    parents: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-    """What a target forward over a tree (or a batch of trees) needs, derived from the parent array.
-
-    Args:
-        parents: (n,) or (B, n) int64 parent arrays (validated: ``parents[0] = -1``, ``0 <= parents[i] < i``).
-
-    Returns:
-        (depth, mask, retrieve):
-        depth (..., n) int64, the root at 0;
-        mask (..., n, n) bool, row i set at i itself and at each of its ancestors, the root included;
-        retrieve (..., leaves, max_depth + 1) int64: one row per leaf (a node without children) in
-        increasing leaf index, the node indices from the root to that leaf, padded with -1. With a batch,
-        leaves and max_depth are those of the largest tree; missing rows are all -1.
-    """
 
 def verify_tree(
     parents: npt.NDArray[np.int64],

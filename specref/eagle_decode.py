@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from specref._sampler import tree_buffers, verify_tree
+from specref._sampler import verify_tree
 from specref.autoregressive import tensors
 from specref.checks import check_request, samples_of
 from specref.eagle import EagleHead
@@ -36,7 +36,7 @@ from specref.model import Llama, Output
 from specref.seeds import streams
 from specref.sequences import Sequences, Stream
 from specref.stats import Generation, Stats
-from specref.tree import TreeSpec, grow_dynamic, grow_static
+from specref.tree import TreeSpec, grow_dynamic, grow_static, tree_buffers
 
 DETERMINISTIC = 0  # the verifier's kind code for children chosen without randomness: δ-verification
 
@@ -78,7 +78,7 @@ def score(target: Llama, tcache: KVCache, taps: tuple[int, ...], parents: np.nda
           lengths: np.ndarray) -> Output:
     """Score: one target forward over [root, nodes], node i at position L - 1 + depth(i), seeing the cache,
     its ancestors and itself (the ancestor mask). Tokens' column 0 must hold the root (the last token)."""
-    depth, mask, _ = tree_buffers(parents)
+    depth, mask = tree_buffers(parents)
     positions = torch.from_numpy(lengths[:, None] - 1 + depth).to(target.device)
     return target(tokens, positions, tcache, mask=torch.from_numpy(mask).to(target.device), layer_inputs=taps)
 

@@ -16,13 +16,13 @@ uses delta-verification (accept child x with the residual target probability r(x
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from specref._sampler import static_tree, tree_buffers
 from specref.checks import check_count
 from specref.eagle import EagleHead
 from specref.kv_cache import KVCache
@@ -43,6 +43,72 @@ MEDUSA_CHOICES: list[list[int]] = [
     [2, 0, 0], [3, 1], [2, 2], [8, 0], [0, 5, 0], [1, 5], [1, 0, 1], [0, 2, 1], [9, 0], [0, 6, 0], [0, 0, 0, 2],
     [1, 6], [0, 7, 0],
 ]
+MAX_TREE_NODES = 4096  # a static tree larger than this is surely a mistake, and its n x n mask would be huge
+
+
+def static_tree(choices: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Parents and ranks (int64, root first with -1 for both) of the static tree a choices list describes.
+
+    Nodes are sorted by (path length, path), so every parent precedes its children and siblings come in rank
+    order. Raises ValueError naming the first malformed path: not a list of ints >= 0, empty, repeated, or
+    missing its parent (the path without its last rank)."""
+    if not isinstance(choices, (list, tuple)):
+        raise ValueError(f"choices must be a list of lists of ints, got {type(choices).__name__}")
+    if len(choices) + 1 > MAX_TREE_NODES:
+        raise ValueError(f"choices make a tree of {len(choices) + 1} nodes (root included); at most "
+                         f"{MAX_TREE_NODES} are allowed")
+    paths: dict[tuple[int, ...], int] = {}
+    for i, path in enumerate(choices):
+        if not isinstance(path, (list, tuple)):
+            raise ValueError(f"choices[{i}] is {type(path).__name__}, not a list of ints")
+        for j, rank in enumerate(path):
+            if not isinstance(rank, numbers.Integral) or isinstance(rank, (bool, np.bool_)):
+                raise ValueError(f"choices[{i}][{j}] is {type(rank).__name__}, not an int")
+            if not 0 <= rank < 2**63:
+                raise ValueError(f"choices[{i}] has rank {rank} at position {j}; ranks must be >= 0 and fit in int64")
+        key = tuple(int(rank) for rank in path)
+        if not key:
+            raise ValueError(f"choices[{i}] is empty; every path needs at least one rank")
+        if key in paths:
+            raise ValueError(f"choices[{i}] repeats choices[{paths[key]}]")
+        paths[key] = i
+    for key, i in paths.items():
+        if len(key) > 1 and key[:-1] not in paths:
+            raise ValueError(f"choices[{i}] has no parent: the path without its last rank is not in the list")
+    ordered = sorted(paths, key=lambda path: (len(path), path))
+    node = {path: i for i, path in enumerate(ordered, start=1)}
+    parents = [-1] + [node.get(path[:-1], 0) for path in ordered]
+    ranks = [-1] + [path[-1] for path in ordered]
+    return np.array(parents, dtype=np.int64), np.array(ranks, dtype=np.int64)
+
+
+def tree_buffers(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Depths (root 0) and the ancestor mask (row i set at i and at each of its ancestors, the root included) of
+    the tree(s) with parent array `parents`, (n,) or (B, n) int64: one target forward scores every node when
+    node i sees only itself and its ancestors, at position offset depth(i) (SpecInfer, Miao et al. 2024,
+    arXiv 2305.09781). Returns depth (..., n) int64 and mask (..., n, n) bool; ValueError for a parent array
+    that is not one (node 0 the root with -1, `0 <= parents[i] < i` otherwise)."""
+    if not isinstance(parents, np.ndarray) or parents.dtype != np.int64 or parents.ndim not in (1, 2):
+        raise ValueError(f"parents must be a 1-D or 2-D numpy.ndarray of dtype int64, got {parents!r:.80}")
+    if 0 in parents.shape:
+        raise ValueError(f"parents has an empty axis: shape {parents.shape}")
+    rows = parents.reshape(-1, parents.shape[-1])
+    n, nodes = rows.shape[1], np.arange(rows.shape[1])
+    bad = np.argwhere(~np.where(nodes == 0, rows == -1, (rows >= 0) & (rows < nodes)))
+    if len(bad):
+        b, i = bad[0]
+        where = f"parents[{b}, {i}]" if parents.ndim == 2 else f"parents[{i}]"
+        rule = f"node {i}'s parent must be an earlier node, in [0, {i})" if i else "node 0 is the root with parent -1"
+        raise ValueError(f"{where} is {rows[b, i]}; {rule}")
+    batch = np.arange(len(rows))
+    depth, mask = np.zeros_like(rows), np.zeros((len(rows), n, n), dtype=bool)
+    mask[:, nodes, nodes] = True
+    for i in range(1, n):  # parents precede children, so a parent's row is complete when its child's is built
+        depth[:, i] = depth[batch, rows[:, i]] + 1
+        mask[:, i] |= mask[batch, rows[:, i]]
+    return depth.reshape(parents.shape), mask.reshape((*parents.shape, n))
+
+
 @dataclass(frozen=True)
 class TreeSpec:
     """How to grow the draft tree each round."""
@@ -61,7 +127,7 @@ class TreeSpec:
         if self.kind == "static":
             if not self.choices:
                 raise ValueError("choices is empty: a static tree needs at least one path")
-            static_tree(self.choices)  # raises ValueError naming a malformed choices list
+            static_tree(self.choices)  # raises ValueError naming a malformed path
 
     def check_vocab(self, vocab: int) -> None:
         """Refuse a tree that asks for a child rank the vocabulary does not have, before any model work."""
@@ -97,7 +163,7 @@ def grow_static(choices: list[list[int]], head: EagleHead, cache: KVCache, root_
     """Tokens of a static tree: node i takes rank ranks[i] of its parent's draft logits. Returns parents (B, n)
     and tokens (B, n) (column 0 is a placeholder for the root). Only nodes with children run the head."""
     parents, ranks = static_tree(choices)
-    depth, mask, _ = tree_buffers(parents)
+    depth, mask = tree_buffers(parents)
     n, b = len(parents), root_g.shape[0]
     tokens = torch.zeros(b, n, dtype=torch.long, device=root_g.device)
     g = root_g.new_zeros(b, n, root_g.shape[-1])

@@ -164,12 +164,11 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
 
     import numpy as np
 
-    from specref._sampler import static_tree, tree_buffers
     from specref.tools.options import parse_tree, read_choices
-    from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES
+    from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES, static_tree, tree_buffers
 
     for choices, per_depth in ((DEFAULT_CHOICES, [4, 8, 8, 3, 2]), (MEDUSA_CHOICES, [10, 28, 22, 3])):
-        depth, _, _ = tree_buffers(static_tree(choices)[0])
+        depth, _ = tree_buffers(static_tree(choices)[0])
         assert np.bincount(depth)[1:].tolist() == per_depth
     assert parse_tree("dynamic", "cuda") == DEVICE_TREES["cuda"]
     assert parse_tree("dynamic:9:3:2") == TreeSpec(total_tokens=9, depth=3, top_k=2)

@@ -1,4 +1,4 @@
-"""Malformed input to the Rust tree functions raises ValueError naming the problem; nothing crashes or panics."""
+"""Malformed input to the tree functions (the Rust verifier, Python layouts) raises ValueError naming the problem."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specref._sampler import SeededCoin, static_tree, tree_buffers, tree_law, verify_tree
+from specref._sampler import SeededCoin, tree_law, verify_tree
+from specref.tree import DEFAULT_CHOICES, MAX_TREE_NODES, MEDUSA_CHOICES, static_tree, tree_buffers
 
 #       0 (WOR)
 #     1 (IID)   2
@@ -177,8 +178,36 @@ def test_bad_choices_raise_value_error(name):
 def test_static_tree_accepts_tuples_and_numpy_ints_and_the_limit():
     parents, ranks = static_tree(((np.int64(0),), (0, 0), [1]))
     assert parents.tolist() == [-1, 0, 0, 1] and ranks.tolist() == [-1, 0, 1, 0]
-    assert len(static_tree([[i] for i in range(4095)])[0]) == 4096
+    assert parents.dtype == ranks.dtype == np.int64
+    assert len(static_tree([[i] for i in range(MAX_TREE_NODES - 1)])[0]) == MAX_TREE_NODES == 4096
     assert static_tree([])[0].tolist() == [-1]
+
+
+@pytest.mark.parametrize("choices", [DEFAULT_CHOICES, MEDUSA_CHOICES, [[0] * n for n in range(1, 5)],
+                                     [[3], [1], [3, 5], [3, 0]]], ids=["default", "medusa", "chain", "gappy"])
+def test_static_tree_layout(choices):
+    """Every node's path, rebuilt from parents and ranks, is a choice, in (length, path) order; siblings come in
+    rank order (gaps in ranks allowed)."""
+    parents, ranks = static_tree(choices)
+    paths: list[list[int]] = [[]]
+    for i in range(1, len(parents)):
+        assert 0 <= parents[i] < i
+        paths.append(paths[parents[i]] + [int(ranks[i])])
+    assert paths[1:] == sorted(map(list, choices), key=lambda path: (len(path), path))
+    for node in range(len(parents)):
+        kid_ranks = ranks[parents == node]
+        assert (np.diff(kid_ranks) > 0).all()
+
+
+def test_static_tree_names_the_malformed_path():
+    for choices, message in (([[0], []], "choices[1] is empty; every path needs at least one rank"),
+                             ([[0], [0, -2]], "choices[1] has rank -2 at position 1; ranks must be >= 0"),
+                             ([[0], [1], [0]], "choices[2] repeats choices[0]"),
+                             ([[0], [1, 0], [0, 0, 1]], "choices[1] has no parent: the path without its last rank"),
+                             ([[i] for i in range(MAX_TREE_NODES)], "4097 nodes (root included); at most 4096")):
+        with pytest.raises(ValueError) as e:
+            static_tree(choices)
+        assert message in str(e.value)
 
 
 BAD_PARENTS = {
@@ -239,11 +268,11 @@ def test_fuzzed_inputs_never_crash(b, n, vocab, data):
         else:
             assert abs(sum(pr for *_, pr in law) - 1.0) < 1e-9
     try:
-        depth, mask, retrieve = tree_buffers(ints[0])
+        depth, mask = tree_buffers(ints[0])
     except ValueError:
         pass
     else:
-        assert depth.shape == (b, n) and mask.shape == (b, n, n) and retrieve.shape[0] == b
+        assert depth.shape == (b, n) and mask.shape == (b, n, n)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
@@ -255,18 +284,18 @@ def test_fuzzed_choices_never_crash(choices):
     except ValueError:
         return
     assert parents[0] == -1 and ranks[0] == -1 and (parents[1:] < np.arange(1, len(parents))).all()
-    depth, mask, retrieve = tree_buffers(parents)
+    depth, mask = tree_buffers(parents)
     assert mask.diagonal().all() and mask[:, 0].all() and (mask.sum(1) == depth + 1).all()
-    assert retrieve[:, 0].tolist() == [0] * len(retrieve)
 
 
 def test_buffers_of_the_example_tree_and_a_batch():
-    depth, mask, retrieve = tree_buffers(np.array(PARENTS))
-    assert depth.tolist() == [0, 1, 1, 2, 2, 2]
-    assert mask.tolist()[4] == [True, True, False, False, True, False]
-    assert retrieve.tolist() == [[0, 1, 3], [0, 1, 4], [0, 2, 5]]
-    depth, mask, retrieve = tree_buffers(np.array([PARENTS, [-1, 0, 1, 2, 3, 4]]))
-    assert depth.shape == (2, 6) and mask.shape == (2, 6, 6) and retrieve.shape == (2, 3, 6)
-    assert retrieve[0].tolist() == [[0, 1, 3, -1, -1, -1], [0, 1, 4, -1, -1, -1], [0, 2, 5, -1, -1, -1]]
-    assert retrieve[1].tolist() == [[0, 1, 2, 3, 4, 5], [-1] * 6, [-1] * 6]
+    depth, mask = tree_buffers(np.array(PARENTS))
+    assert depth.tolist() == [0, 1, 1, 2, 2, 2] and depth.dtype == np.int64 and mask.dtype == np.bool_
+    assert [np.flatnonzero(row).tolist() for row in mask] == [[0], [0, 1], [0, 2], [0, 1, 3], [0, 1, 4], [0, 2, 5]]
+    depth, mask = tree_buffers(np.array([-1, 0, 0, 1, 1, 2, 5]))  # a leaf two below node 2
+    assert depth.tolist() == [0, 1, 1, 2, 2, 2, 3] and np.flatnonzero(mask[6]).tolist() == [0, 2, 5, 6]
+    assert tree_buffers(np.array([-1]))[1].tolist() == [[True]]
+    depth, mask = tree_buffers(np.array([PARENTS, [-1, 0, 1, 2, 3, 4]]))
+    assert depth.tolist() == [[0, 1, 1, 2, 2, 2], [0, 1, 2, 3, 4, 5]] and mask.shape == (2, 6, 6)
+    assert mask[1].tolist() == np.tril(np.ones((6, 6), dtype=bool)).tolist()
     assert mask[1].tolist() == np.tril(np.ones((6, 6), dtype=bool)).tolist()

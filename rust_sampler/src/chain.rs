@@ -54,24 +54,14 @@ pub fn verify_batch(
     (batch, g, vocab): (usize, usize, usize),
     coin: &mut dyn Coin,
 ) -> Result<Vec<ChainOutcome>> {
-    let chain = |b: usize| {
-        let p = Probs::new(&p[b * (g + 1) * vocab..(b + 1) * (g + 1) * vocab], vocab);
-        (p, Probs::new(&q[b * g * vocab..(b + 1) * g * vocab], vocab), &draft[b * g..(b + 1) * g])
-    };
-    let drafts = (0..batch)
+    let chains = (0..batch)
         .map(|b| {
-            let (p, q, d) = chain(b);
-            check_chain(p, q, d, Some(b))
+            let p = Probs::new(&p[b * (g + 1) * vocab..(b + 1) * (g + 1) * vocab], vocab);
+            let q = Probs::new(&q[b * g * vocab..(b + 1) * g * vocab], vocab);
+            Ok((p, q, check_chain(p, q, &draft[b * g..(b + 1) * g], Some(b))?))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(drafts
-        .iter()
-        .enumerate()
-        .map(|(b, x)| {
-            let (p, q, _) = chain(b);
-            verify_chain(p, q, x, coin)
-        })
-        .collect())
+    Ok(chains.iter().map(|(p, q, x)| verify_chain(*p, *q, x, coin)).collect())
 }
 
 #[cfg(test)]

@@ -116,38 +116,33 @@ pub fn check_parents(parents: &[i64], batch: Option<usize>) -> Result<Vec<Option
         .collect()
 }
 
-/// The leading batch axis of a shape when `batched`, for building the shapes the others must have.
-fn lead(batched: bool, shape: &[usize]) -> &[usize] {
-    &shape[..usize::from(batched)]
+/// Refuses `got` unless it is `batch` followed by `want`; `axes` names the axes after B ("G+1, V").
+fn expect(arg: &str, got: &[usize], batch: &[usize], want: &[usize], axes: &str) -> Result<()> {
+    let want = [batch, want].concat();
+    if got != want {
+        let b = if batch.is_empty() { "" } else { "B, " };
+        bail!("{arg} has the wrong shape: {}, expected ({b}{axes}) = {}", tuple(got), tuple(&want));
+    }
+    Ok(())
 }
 
 /// Refuses an empty axis that every computation needs.
-fn nonempty(arg: &str, axis: &str, len: usize) -> Result<()> {
-    if len == 0 {
-        bail!("{arg} has an empty {axis} axis");
+fn nonempty(arg: &str, axes: &[(&str, usize)]) -> Result<()> {
+    match axes.iter().find(|(_, len)| *len == 0) {
+        Some((axis, _)) => bail!("{arg} has an empty {axis} axis"),
+        None => Ok(()),
     }
-    Ok(())
-}
-
-/// Refuses `got` unless it equals `want`; `axes` names the expected axes, e.g. "G+1, V".
-fn expect(arg: &str, got: &[usize], want: &[usize], batched: bool, axes: &str) -> Result<()> {
-    if got != want {
-        let b = if batched { "B, " } else { "" };
-        bail!("{arg} has the wrong shape: {}, expected ({b}{axes}) = {}", tuple(got), tuple(want));
-    }
-    Ok(())
 }
 
 /// Shapes of a chain: p (B, G+1, V), q (B, G, V), draft_tokens (B, G), without B unless `batched`; the
 /// number of dimensions was checked already. B and V must be positive, G may be 0. Returns (B, G, V).
 pub fn chain_shapes(batched: bool, p: &[usize], q: &[usize], draft: &[usize]) -> Result<(usize, usize, usize)> {
-    let (b, g, v) = (lead(batched, p).iter().product(), draft[draft.len() - 1], p[p.len() - 1]);
-    nonempty("p", "batch", b)?;
-    nonempty("p", "vocabulary", v)?;
-    let with_batch = |rest: &[usize]| [lead(batched, p), rest].concat();
-    expect("draft_tokens", draft, &with_batch(&[g]), batched, "G")?;
-    expect("p", p, &with_batch(&[g + 1, v]), batched, "G+1, V")?;
-    expect("q", q, &with_batch(&[g, v]), batched, "G, V")?;
+    let (batch, g, v) = (&p[..usize::from(batched)], draft[draft.len() - 1], p[p.len() - 1]);
+    let b = batch.iter().product();
+    nonempty("p", &[("batch", b), ("vocabulary", v)])?;
+    expect("draft_tokens", draft, batch, &[g], "G")?;
+    expect("p", p, batch, &[g + 1, v], "G+1, V")?;
+    expect("q", q, batch, &[g, v], "G, V")?;
     Ok((b, g, v))
 }
 
@@ -160,17 +155,14 @@ pub fn tree_shapes(
     p: &[usize],
     q: Option<&[usize]>,
 ) -> Result<(usize, usize, usize)> {
-    let (b, n, v) = (lead(batched, parents).iter().product(), parents[parents.len() - 1], p[p.len() - 1]);
-    nonempty("parents", "batch", b)?;
-    nonempty("parents", "node", n)?;
-    nonempty("p", "vocabulary", v)?;
-    let with_batch = |rest: &[usize]| [lead(batched, parents), rest].concat();
-    expect("tokens", tokens, &with_batch(&[n]), batched, "n")?;
-    expect("kinds", kinds, &with_batch(&[n]), batched, "n")?;
-    expect("p", p, &with_batch(&[n, v]), batched, "n, V")?;
-    if let Some(q) = q {
-        expect("q", q, &with_batch(&[n, v]), batched, "n, V")?;
-    }
+    let (batch, n, v) = (&parents[..usize::from(batched)], parents[parents.len() - 1], p[p.len() - 1]);
+    let b = batch.iter().product();
+    nonempty("parents", &[("batch", b), ("node", n)])?;
+    nonempty("p", &[("vocabulary", v)])?;
+    expect("tokens", tokens, batch, &[n], "n")?;
+    expect("kinds", kinds, batch, &[n], "n")?;
+    expect("p", p, batch, &[n, v], "n, V")?;
+    q.map_or(Ok(()), |q| expect("q", q, batch, &[n, v], "n, V"))?;
     Ok((b, n, v))
 }
 

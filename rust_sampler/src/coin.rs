@@ -8,8 +8,7 @@
 //! * a categorical draw of index i with probability w\[i\] / Σw, by inverse CDF.
 //!
 //! Verifiers are written against [`Coin`], so the same production code runs under [`SeededCoin`] (a
-//! reproducible PRNG) or under [`enumerate_law`], which walks every branch and returns the exact output law
-//! instead of a sample.
+//! reproducible PRNG) or under [`enumerate_law`], which walks every branch and returns the exact output law.
 
 use std::collections::BTreeMap;
 
@@ -28,10 +27,8 @@ pub trait Coin {
 /// P(u·q < p) for u uniform on [0, 1): min(1, p/q); with q = 0, 1 if p > 0. NaN counts as 0.
 pub fn acceptance_probability(p: f64, q: f64) -> f64 {
     let ratio = p / q;
-    if ratio >= 1.0 {
-        1.0
-    } else if ratio > 0.0 {
-        ratio
+    if ratio > 0.0 {
+        ratio.min(1.0)
     } else {
         0.0
     }
@@ -42,11 +39,8 @@ pub fn acceptance_probability(p: f64, q: f64) -> f64 {
 /// reported so that tests can bound it.
 pub fn residual_or_fallback<C: Coin + ?Sized>(coin: &mut C, r: &[f64], p: &[f64]) -> (usize, bool) {
     let mass: f64 = r.iter().sum();
-    if mass > 0.0 && mass.is_finite() {
-        (coin.categorical(r), false)
-    } else {
-        (coin.categorical(p), true)
-    }
+    let fallback = !(mass > 0.0 && mass.is_finite());
+    (coin.categorical(if fallback { p } else { r }), fallback)
 }
 
 /// Inverse-CDF draw from unnormalised weights `w` given a uniform `u` in [0, 1).
@@ -55,17 +49,13 @@ pub fn residual_or_fallback<C: Coin + ?Sized>(coin: &mut C, r: &[f64], p: &[f64]
 /// to the final running sum (e.g. for subnormal totals), leaving no index with `cum > target`; the last
 /// positive-weight index is then the right answer, since it owns the top of the CDF.
 pub fn inverse_cdf(w: &[f64], u: f64) -> usize {
-    let total: f64 = w.iter().sum();
-    let target = u * total;
-    let mut cum = 0.0;
-    let mut last_positive = 0;
-    for (i, &wi) in w.iter().enumerate() {
-        if wi > 0.0 {
-            cum += wi;
-            last_positive = i;
-            if cum > target {
-                return i;
-            }
+    let target = u * w.iter().sum::<f64>();
+    let (mut cum, mut last_positive) = (0.0, 0);
+    for (i, &wi) in w.iter().enumerate().filter(|(_, &wi)| wi > 0.0) {
+        cum += wi;
+        last_positive = i;
+        if cum > target {
+            return i;
         }
     }
     last_positive
@@ -84,9 +74,8 @@ impl SeededCoin {
         let mut sm = seed;
         let mut splitmix64 = || {
             sm = sm.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = sm;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let z = (sm ^ (sm >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
         Self { s: [splitmix64(), splitmix64(), splitmix64(), splitmix64()] }
@@ -141,46 +130,41 @@ impl ScriptedCoin<'_> {
     /// Takes the scripted branch among `probs` (branch index -> probability) or, past the script, records the
     /// choice point and returns its first possible branch so that the run can finish harmlessly.
     fn choose(&mut self, probs: impl Iterator<Item = f64>) -> usize {
+        let probs: Vec<f64> = probs.collect();
         if let Some(&branch) = self.script.get(self.next) {
             self.next += 1;
-            match probs.enumerate().find(|&(i, _)| i == branch) {
-                Some((_, p)) if p > 0.0 => self.path_probability *= p,
+            match probs.get(branch) {
+                Some(&p) if p > 0.0 => self.path_probability *= p,
                 _ => self.diverged = true,
             }
-            return branch;
+            return branch.min(probs.len().saturating_sub(1)); // a diverged run may name one past the end
         }
-        let possible: Vec<usize> = probs.enumerate().filter(|&(_, p)| p > 0.0).map(|(i, _)| i).collect();
+        let possible: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
         let first = possible.first().copied().unwrap_or(0);
-        if self.frontier.is_none() {
-            self.frontier = Some(possible);
-        }
+        self.frontier.get_or_insert(possible);
         first
     }
 }
 
 impl Coin for ScriptedCoin<'_> {
     fn accept(&mut self, p: f64, q: f64) -> bool {
-        // Branch 0 is acceptance, branch 1 rejection.
         let t = acceptance_probability(p, q);
-        self.choose([t, 1.0 - t].into_iter()) == 0
+        self.choose([t, 1.0 - t].into_iter()) == 0 // branch 0 is acceptance, branch 1 rejection
     }
 
     fn categorical(&mut self, w: &[f64]) -> usize {
         let total: f64 = w.iter().sum();
-        // Branch indices equal weight indices; a diverged run may name one past the end, so clamp it.
-        let i = self.choose(w.iter().map(|&wi| wi / total));
-        i.min(w.len().saturating_sub(1))
+        self.choose(w.iter().map(|&wi| wi / total)) // branch indices are weight indices
     }
 }
 
 /// The exact law of `run`'s output over every possible sequence of coin outcomes.
 ///
-/// Replay-DFS: `run` is called with a scripted coin that replays a prefix of branch choices; at the first
-/// choice point past the script it records the branches with positive probability (acceptance: accept
-/// w.p. min(1, p/q), reject w.p. the rest; categorical: index i w.p. w\[i\]/Σw), lets the run finish, and
-/// discards that result; the script is then extended by each recorded branch. A run that meets no
-/// unscripted choice is a complete path: its output gets the product of the branch probabilities along
-/// the path. Returns `(output, probability)` sorted by output, equal outputs merged.
+/// Replay-DFS: `run` is called with a coin that replays a prefix of branch choices; at the first choice
+/// point past it the coin records the branches with positive probability (accept w.p. min(1, p/q), reject
+/// w.p. the rest; categorical index i w.p. w\[i\]/Σw), and the script is extended by each. A run that meets
+/// no unscripted choice is a complete path: its output gets the product of the branch probabilities along
+/// it. Returns `(output, probability)` sorted by output, equal outputs merged.
 ///
 /// `run` must be deterministic given its coin outcomes. Errors with the first error a run returns, if it
 /// is not deterministic (detected when a scripted branch has no probability at replay), or after
@@ -202,11 +186,7 @@ pub fn enumerate_law<T: Ord + Clone>(mut run: impl FnMut(&mut dyn Coin) -> Resul
         }
         match coin.frontier {
             None => *law.entry(output).or_insert(0.0) += coin.path_probability,
-            Some(branches) => pending.extend(branches.into_iter().rev().map(|b| {
-                let mut longer = script.clone();
-                longer.push(b);
-                longer
-            })),
+            Some(branches) => pending.extend(branches.into_iter().rev().map(|b| [&script[..], &[b]].concat())),
         }
     }
     Ok(law.into_iter().collect())

@@ -19,8 +19,6 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
-
 /// Returns early with an [`Error`] whose message is formatted like `format!`.
 #[macro_export]
 macro_rules! bail {

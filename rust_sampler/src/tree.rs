@@ -1,36 +1,31 @@
 //! Tree speculation: lossless verification of a draft tree, one root-to-node path plus one token.
 //!
 //! A tree is a parent array plus tokens. Node 0 is the root, the last committed token (not a draft), with
-//! `parents[0] = -1`; every other node i has `0 <= parents[i] < i`, so parents precede their children. A
-//! node's children are the nodes whose parent it is, in increasing index: that order is part of the draft
-//! law (draw order for sampled children, rank order for top-k). `p[i]` is the target law of the token after
-//! node i, `q[i]` the draft law node i's children were drawn from. How the children were drafted (the
-//! node's [`Kind`]) decides how they are verified (Miao et al. 2024, SpecInfer, arXiv 2305.09781; Jeon et al.
-//! 2024, arXiv 2402.14160; Li et al. 2024, EAGLE, arXiv 2401.15077; lossless.md Lemmas 2 and 3).
+//! `parents[0] = -1`; every other node i has `0 <= parents[i] < i`. A node's children are the nodes whose
+//! parent it is, in increasing index: that order is part of the draft law (draw order for sampled children,
+//! rank order for top-k). `p[i]` is the target law of the token after node i, `q[i]` the draft law node i's
+//! children were drawn from; how they were drafted (the node's [`Kind`]) decides how they are verified
+//! (Miao et al. 2024, SpecInfer, arXiv 2305.09781; Jeon et al. 2024, arXiv 2402.14160; Li et al. 2024,
+//! EAGLE, arXiv 2401.15077; lossless.md Lemmas 2 and 3).
 
 use crate::bail;
 use crate::check::{check_parents, check_row, check_token, Probs};
 use crate::coin::{residual_or_fallback, Coin};
 use crate::error::{at, Result};
 
-/// How a node's children were drafted, which decides how they are verified.
+/// How a node's children were drafted; its code in `kinds` arrays is its index in [`KINDS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A set chosen without the target's randomness (top-k ranks): δ-verification.
-    Deterministic = 0,
+    Deterministic,
     /// Independent draws, with replacement, from q\[node\]: recursive rejection sampling with q_j = q.
-    IidSampled = 1,
+    IidSampled,
     /// Draws one after another without replacement from q\[node\]: recursive rejection sampling with q_j =
     /// q with the earlier siblings' tokens zeroed and renormalised.
-    WithoutReplacement = 2,
+    WithoutReplacement,
 }
 
-impl Kind {
-    /// The kind with code 0, 1 or 2, as in the `kinds` arrays.
-    pub fn from_code(code: i64) -> Option<Self> {
-        [Self::Deterministic, Self::IidSampled, Self::WithoutReplacement].into_iter().find(|&k| k as i64 == code)
-    }
-}
+pub const KINDS: [Kind; 3] = [Kind::Deterministic, Kind::IidSampled, Kind::WithoutReplacement];
 
 /// A validated tree: parents, tokens and kinds, with each node's children listed in increasing index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +38,9 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Validates one tree: the parent array, kinds in 0..=2, tokens in [0, vocab) for nodes >= 1, distinct
-    /// tokens among `WithoutReplacement` siblings, and q where sampled children need it ([`Tree::check_q`]).
-    /// `batch` only labels positions in error messages.
+    /// Validates one tree: the parent array, kinds, tokens in [0, vocab) for nodes >= 1, and for sampled
+    /// children a q row they can have been drawn from (q\[parent\]\[token\] > 0; rows are checked when read)
+    /// and, drawn without replacement, distinct tokens. `batch` only labels positions in error messages.
     pub fn new(
         [parents, tokens, kinds]: [&[i64]; 3],
         vocab: usize,
@@ -57,8 +52,8 @@ impl Tree {
         }
         let parents = check_parents(parents, batch)?;
         let kinds = (kinds.iter().enumerate())
-            .map(|(i, &kind)| match Kind::from_code(kind) {
-                Some(k) => Ok(k),
+            .map(|(i, &kind)| match usize::try_from(kind).ok().and_then(|k| KINDS.get(k)) {
+                Some(&k) => Ok(k),
                 None => bail!(
                     "kinds{} is {kind}; expected 0 (Deterministic), 1 (IidSampled) or 2 (WithoutReplacement)",
                     at(batch, &[i])
@@ -69,93 +64,71 @@ impl Tree {
             .map(|(i, &t)| if i == 0 { Ok(0) } else { check_token("tokens", t, vocab, batch, i) })
             .collect::<Result<Vec<_>>>()?;
         let mut children = vec![Vec::new(); parents.len()];
-        for (node, parent) in parents.iter().enumerate() {
-            if let Some(p) = *parent {
-                if kinds[p] == Kind::WithoutReplacement {
-                    if let Some(&first) = children[p].iter().find(|&&c| tokens[c] == tokens[node]) {
-                        bail!(
-                            "tokens{} = {} repeats the token of its sibling node {first}; children drawn without \
-                             replacement (kind 2) must be distinct",
-                            at(batch, &[node]),
-                            tokens[node]
-                        );
-                    }
-                }
-                children[p].push(node);
-            }
-        }
-        let tree = Self { parents, tokens, kinds, children };
-        tree.check_q(q, batch)?;
-        Ok(tree)
-    }
-
-    /// Checks that q is there for every node with sampled children and that each sampled child has
-    /// q\[parent\]\[token\] > 0: q must be the law the child was drawn from. Rows are checked when read.
-    fn check_q(&self, q: Option<Probs>, batch: Option<usize>) -> Result<()> {
-        for (node, kids) in self.children.iter().enumerate() {
-            if kids.is_empty() || self.kinds[node] == Kind::Deterministic {
-                continue;
-            }
-            let Some(q) = q else {
-                bail!(
-                    "q is None, but node {} has {:?} children, which need the q they were drawn from",
-                    at(batch, &[node]),
-                    self.kinds[node]
-                );
-            };
-            if let Some(&child) = kids.iter().find(|&&c| q.row(node)[self.tokens[c]] == 0.0) {
-                bail!(
-                    "tokens{} = {} has zero probability under q{}, its parent's row, so q is not the law the child \
+        for (node, &parent) in parents.iter().enumerate().skip(1) {
+            let (p, x) = (parent.expect("only the root has no parent"), tokens[node]);
+            let twin = children[p].iter().find(|&&c| tokens[c] == x);
+            match (kinds[p], q, twin) {
+                (Kind::Deterministic, _, _) => {}
+                (kind, None, _) => bail!(
+                    "q is None, but node {} has {kind:?} children, which need the q they were drawn from",
+                    at(batch, &[p])
+                ),
+                (_, Some(q), _) if q.row(p)[x] == 0.0 => bail!(
+                    "tokens{} = {x} has zero probability under q{}, its parent's row, so q is not the law the child \
                      was drawn from",
-                    at(batch, &[child]),
-                    self.tokens[child],
+                    at(batch, &[node]),
+                    at(batch, &[p])
+                ),
+                (Kind::WithoutReplacement, _, Some(first)) => bail!(
+                    "tokens{} = {x} repeats the token of its sibling node {first}; children drawn without replacement \
+                     (kind 2) must be distinct",
                     at(batch, &[node])
-                );
+                ),
+                _ => {}
             }
+            children[p].push(node);
         }
-        Ok(())
+        Ok(Self { parents, tokens, kinds, children })
     }
 }
 
 /// One tree's p and q tables, each row validated the first time the walk reads it: rows of nodes the walk
 /// never visits are never read, so they cost nothing and may hold anything.
 pub struct Rows<'a> {
-    p: Probs<'a>,
-    q: Option<Probs<'a>>,
+    tables: [Option<Probs<'a>>; 2],
     batch: Option<usize>,
     checked: Vec<[bool; 2]>,
 }
 
 impl<'a> Rows<'a> {
     pub fn new(p: Probs<'a>, q: Option<Probs<'a>>, batch: Option<usize>) -> Self {
-        Self { p, q, batch, checked: vec![[false; 2]; p.rows()] }
+        Self { tables: [Some(p), q], batch, checked: vec![[false; 2]; p.rows()] }
     }
 
     /// Row `node` of p, once known to be a probability vector.
     pub fn p(&mut self, node: usize) -> Result<&'a [f64]> {
-        self.read(0, "p", Some(self.p), node)
+        self.read(0, node)
     }
 
     /// Row `node` of q, once known to be a probability vector.
     pub fn q(&mut self, node: usize) -> Result<&'a [f64]> {
-        self.read(1, "q", self.q, node)
+        self.read(1, node)
     }
 
-    fn read(&mut self, which: usize, arg: &str, table: Option<Probs<'a>>, node: usize) -> Result<&'a [f64]> {
-        let Some(table) = table else {
+    fn read(&mut self, which: usize, node: usize) -> Result<&'a [f64]> {
+        let Some(table) = self.tables[which] else {
             bail!("q is None, but node {}'s children are verified with q", at(self.batch, &[node]));
         };
         if !self.checked[node][which] {
-            check_row(arg, table.row(node), self.batch, node)?;
+            check_row(["p", "q"][which], table.row(node), self.batch, node)?;
             self.checked[node][which] = true;
         }
         Ok(table.row(node))
     }
 }
 
-/// What verifying one tree emits: the accepted nodes' tokens, then `token`.
-///
-/// Ordered by (path, token, fallback), the order in which exact laws are listed.
+/// What verifying one tree emits: the accepted nodes' tokens, then `token`. Ordered by (path, token,
+/// fallback), the order in which exact laws are listed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TreeOutcome {
     /// Accepted node indices from the root (included), each the parent of the next.
@@ -182,23 +155,12 @@ pub fn verify_tree<C: Coin + ?Sized>(tree: &Tree, rows: &mut Rows, coin: &mut C)
             let bonus = coin.categorical(p);
             return Ok(TreeOutcome { path, token: bonus, fallback: false });
         }
-        let q = match tree.kinds[node] {
-            Kind::Deterministic => None,
-            _ => Some(rows.q(node)?),
-        };
+        let q = if tree.kinds[node] == Kind::Deterministic { None } else { Some(rows.q(node)?) };
         match try_children(tree, node, p, q, coin) {
-            Step::Descend(child) => path.push(child),
-            Step::Stop { token, fallback } => return Ok(TreeOutcome { path, token, fallback }),
+            Ok(child) => path.push(child),
+            Err((token, fallback)) => return Ok(TreeOutcome { path, token, fallback }),
         }
     }
-}
-
-/// What trying a node's children gave.
-enum Step {
-    /// This child was accepted.
-    Descend(usize),
-    /// Every child was rejected; emit `token` (from the residual, or from p if `fallback`).
-    Stop { token: usize, fallback: bool },
 }
 
 /// The node procedure: with the residual r = p\[node\], try each child x in order, by the node's kind:
@@ -210,10 +172,17 @@ enum Step {
 ///                                                          q_{j+1} = norm(q_j with x zeroed)
 /// ```
 ///
-/// and if every child is rejected, emit y ~ r. Each rule leaves the emitted token exactly p-distributed
-/// (lossless.md Lemma 2 for δ, Lemma 3 for RRS), and a rejected child has r(x) = 0 afterwards, so the
-/// correction is never a rejected sibling. An r with no mass left (p == q up to rounding) falls back to p.
-fn try_children<C: Coin + ?Sized>(tree: &Tree, node: usize, p: &[f64], q: Option<&[f64]>, coin: &mut C) -> Step {
+/// Returns the accepted child, or, if every child is rejected, `Err((y, fallback))` with y ~ r. Each rule
+/// leaves the emitted token exactly p-distributed (lossless.md Lemma 2 for δ, Lemma 3 for RRS), and a
+/// rejected child has r(x) = 0 afterwards, so the correction is never a rejected sibling. An r with no mass
+/// left (p == q up to rounding) falls back to p.
+fn try_children<C: Coin + ?Sized>(
+    tree: &Tree,
+    node: usize,
+    p: &[f64],
+    q: Option<&[f64]>,
+    coin: &mut C,
+) -> std::result::Result<usize, (usize, bool)> {
     let mut r = p.to_vec();
     let mut q_j = q.map(<[f64]>::to_vec); // the law the next child was drawn from; None for δ-verification
     for (j, &child) in tree.children[node].iter().enumerate() {
@@ -222,7 +191,7 @@ fn try_children<C: Coin + ?Sized>(tree: &Tree, node: usize, p: &[f64], q: Option
         }
         let x = tree.tokens[child];
         if coin.accept(r[x], q_j.as_ref().map_or(1.0, |q| q[x])) {
-            return Step::Descend(child);
+            return Ok(child);
         }
         match &mut q_j {
             None => r[x] = 0.0,
@@ -235,8 +204,7 @@ fn try_children<C: Coin + ?Sized>(tree: &Tree, node: usize, p: &[f64], q: Option
             }
         }
     }
-    let (token, fallback) = residual_or_fallback(coin, &r, p);
-    Step::Stop { token, fallback }
+    Err(residual_or_fallback(coin, &r, p))
 }
 
 /// Divides `w` by its sum; an all-zero or non-finite `w` becomes all zeros (no mass left).
@@ -252,32 +220,22 @@ fn normalise(w: &mut [f64]) {
 /// Validates the structure of every tree of a batch (parents, tokens and kinds (B, n) and q (B, n, V) if
 /// given, row-major, shapes checked) before anything is drawn.
 pub fn batch(arrays: [&[i64]; 3], q: Option<&[f64]>, (b, n, vocab): (usize, usize, usize)) -> Result<Vec<Tree>> {
-    (0..b)
-        .map(|i| {
-            let tree = arrays.map(|a| &a[i * n..(i + 1) * n]);
-            let q = q.map(|q| Probs::new(&q[i * n * vocab..(i + 1) * n * vocab], vocab));
-            Tree::new(tree, vocab, q, Some(i))
-        })
-        .collect()
+    let q = |i: usize| q.map(|q| Probs::new(&q[i * n * vocab..(i + 1) * n * vocab], vocab));
+    (0..b).map(|i| Tree::new(arrays.map(|a| &a[i * n..(i + 1) * n]), vocab, q(i), Some(i))).collect()
 }
 
 /// Verifies validated trees in order with the one coin; `p` (B, n, V) and `q` are row-major, shapes checked.
 /// Rows are validated as the walk reads them, so a bad row in tree b is reported after trees 0..b drew.
-pub fn verify_batch(
+pub fn verify_batch<'a>(
     trees: &[Tree],
-    p: &[f64],
-    q: Option<&[f64]>,
+    p: &'a [f64],
+    q: Option<&'a [f64]>,
     (n, vocab): (usize, usize),
     coin: &mut dyn Coin,
 ) -> Result<Vec<TreeOutcome>> {
-    fn rows(t: &[f64], b: usize, (n, vocab): (usize, usize)) -> Probs<'_> {
-        Probs::new(&t[b * n * vocab..(b + 1) * n * vocab], vocab)
-    }
+    let rows = |t: &'a [f64], b: usize| Probs::new(&t[b * n * vocab..(b + 1) * n * vocab], vocab);
     (trees.iter().enumerate())
-        .map(|(b, tree)| {
-            let q = q.map(|q| rows(q, b, (n, vocab)));
-            verify_tree(tree, &mut Rows::new(rows(p, b, (n, vocab)), q, Some(b)), coin)
-        })
+        .map(|(b, tree)| verify_tree(tree, &mut Rows::new(rows(p, b), q.map(|q| rows(q, b)), Some(b)), coin))
         .collect()
 }
 
@@ -348,10 +306,12 @@ pub(crate) mod tests {
 
     #[test]
     fn kinds_from_codes() {
-        assert_eq!(Kind::from_code(0), Some(Kind::Deterministic));
-        assert_eq!(Kind::from_code(1), Some(Kind::IidSampled));
-        assert_eq!(Kind::from_code(2), Some(Kind::WithoutReplacement));
-        assert_eq!(Kind::from_code(3), None);
+        let q = flat(&uniform(4, 3));
+        let tree = Tree::new([&[-1, 0, 0, 0], &[0, 0, 1, 2], &[2, 1, 0, 0]], 3, Some(Probs::new(&q, 3)), None);
+        assert_eq!(
+            tree.expect("valid").kinds,
+            [Kind::WithoutReplacement, Kind::IidSampled, Kind::Deterministic, KINDS[0]]
+        );
     }
 
     #[test]
