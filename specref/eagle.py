@@ -15,6 +15,12 @@ fc: 3H -> H; the first layer attends over [input_norm(embed(x_{j+1})); hidden_no
 residual taken from h; q = softmax(lm_head(norm(g))) over a reduced vocabulary whose draft id d is target id
 d + d2t[d]. The head feeds back its own pre-norm output g (H wide: no fc).
 
+"Eagle 3.1" options, as the `speculators` library trains them (each a few lines below):
+    norm_before_fc         h = fc(RMSNorm_3H(f))                      one norm over the whole feature
+    fc_norm                h = fc([RMSNorm_i(f_i) for each H chunk])  one norm per fused layer
+    norm_before_residual   the first layer's residual is hidden_norm(h), not h
+    norm_output            the head feeds back norm(g), and q = softmax(lm_head(norm(g))) as before
+
 Checkpoints in the original EAGLE/HASS/EAGLE-3 layouts are read and written by `formats/eagle.py`.
 """
 
@@ -55,12 +61,21 @@ class HeadConfig:
     fc_bias: bool = False
     draft_vocab_size: int | None = None  # EAGLE-3's reduced output vocabulary
     layer_ids: tuple[int, ...] = ()  # EAGLE-3: target layers whose inputs are fused
+    norm_before_fc: bool = False  # EAGLE-3.1 options (module docstring)
+    fc_norm: bool = False
+    norm_before_residual: bool = False
+    norm_output: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"head kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "eagle3" and (self.draft_vocab_size is None or len(self.layer_ids) != 3):
             raise ValueError("an EAGLE-3 head needs draft_vocab_size and three layer_ids")
+        if self.norm_before_fc and self.fc_norm:
+            raise ValueError("norm_before_fc and fc_norm are mutually exclusive")
+        if self.kind == "eagle" and (self.norm_before_fc or self.fc_norm or self.norm_before_residual
+                                     or self.norm_output):
+            raise ValueError("norm_before_fc, fc_norm, norm_before_residual and norm_output are EAGLE-3 options")
 
     @property
     def hidden(self) -> int:
@@ -70,8 +85,9 @@ class HeadConfig:
 class Eagle3Layer(nn.Module):
     """EAGLE-3's first layer: attention over [embedding; hidden] (2H), residual from the hidden stream."""
 
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, norm_before_residual: bool = False) -> None:
         super().__init__()
+        self.norm_before_residual = norm_before_residual
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.hidden_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.self_attn = Attention(c, in_features=2 * c.hidden_size)
@@ -80,8 +96,9 @@ class Eagle3Layer(nn.Module):
 
     def forward(self, e: Tensor, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None,
                 layer: int) -> Tensor:
-        x = torch.cat([self.input_layernorm(e), self.hidden_norm(h)], dim=-1)
-        h = h + self.self_attn(x, cos, sin, mask, cache, layer)
+        normed = self.hidden_norm(h)
+        x = torch.cat([self.input_layernorm(e), normed], dim=-1)
+        h = (normed if self.norm_before_residual else h) + self.self_attn(x, cos, sin, mask, cache, layer)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -99,8 +116,14 @@ class EagleHead(nn.Module):
             self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_hidden_layers))
             self.layers[0].input_layernorm = nn.Identity()  # EAGLE-1's layer 0 reads fc's output unnormed
         else:
-            self.fc = nn.Linear(3 * target.config.hidden_size, hidden, bias=config.fc_bias)
-            self.layers = nn.ModuleList([Eagle3Layer(c), *(DecoderLayer(c) for _ in range(c.num_hidden_layers - 1))])
+            width = target.config.hidden_size
+            if config.norm_before_fc:
+                self.input_norm = RMSNorm(3 * width, c.rms_norm_eps)
+            if config.fc_norm:
+                self.fc_norm = nn.ModuleList(RMSNorm(width, c.rms_norm_eps) for _ in range(3))
+            self.fc = nn.Linear(3 * width, hidden, bias=config.fc_bias)
+            self.layers = nn.ModuleList([Eagle3Layer(c, config.norm_before_residual),
+                                         *(DecoderLayer(c) for _ in range(c.num_hidden_layers - 1))])
             self.norm = RMSNorm(hidden, c.rms_norm_eps)
             self.lm_head = nn.Linear(hidden, config.draft_vocab_size, bias=False)
             self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
@@ -136,40 +159,53 @@ class EagleHead(nn.Module):
             for i, layer in enumerate(self.layers):
                 x = layer(x, cos, sin, attn_mask, cache, i)
         else:
-            h = self.fc(features) if features.shape[-1] != self.config.hidden else features
+            h = self.fuse(features) if features.shape[-1] != self.config.hidden else features
             x = self.layers[0](e, h, cos, sin, attn_mask, cache, 0)
             for i, layer in enumerate(self.layers[1:], start=1):
                 x = layer(x, cos, sin, attn_mask, cache, i)
+            if self.config.norm_output:
+                x = self.norm(x)
         if cache is not None:
             cache.advance(tokens.shape[1])
         return x, self.logits(x) if return_logits else None
 
+    def fuse(self, features: Tensor) -> Tensor:
+        """EAGLE-3's fc over the concatenated target features, after the optional Eagle 3.1 norms."""
+        if self.config.norm_before_fc:
+            features = self.input_norm(features)
+        elif self.config.fc_norm:
+            features = torch.cat([norm(f) for norm, f in zip(self.fc_norm, features.chunk(3, dim=-1), strict=True)],
+                                 dim=-1)
+        return self.fc(features)
+
     def logits(self, g: Tensor) -> Tensor:
-        """Draft logits over the target's full vocabulary from head outputs g."""
+        """Draft logits over the target's full vocabulary from head outputs g (already normed with norm_output)."""
         if self.config.kind == "eagle":
             return self.target.logits(g)
         ids = torch.arange(len(self.d2t), device=self.d2t.device) + self.d2t
-        return full_vocabulary(self.lm_head(self.norm(g)), ids, self.config.layer.vocab_size)
+        return full_vocabulary(self.lm_head(g if self.config.norm_output else self.norm(g)), ids,
+                               self.config.layer.vocab_size)
 
 
 def new_head_config(target: ModelConfig, kind: str, *, layers: int = 1, fc_bias: bool = False,
-                    draft_vocab_size: int | None = None, layer_ids: tuple[int, ...] | None = None) -> HeadConfig:
+                    draft_vocab_size: int | None = None, layer_ids: tuple[int, ...] | None = None,
+                    **options: bool) -> HeadConfig:
     """A new head's config, its layers shaped like the target's; EAGLE-3 drafts from `draft_vocab_size` tokens
-    (default: all) and fuses `layer_ids` (default: `default_layer_ids`)."""
+    (default: all), fuses `layer_ids` (default: `default_layer_ids`) and takes the Eagle 3.1 `options`."""
     layer = replace(target, num_hidden_layers=layers, tie_word_embeddings=False, head_vocab_size=None,
                     shares_target_embeddings=False)
     if kind != "eagle3":
-        return HeadConfig(kind=kind, layer=layer, fc_bias=fc_bias)
+        return HeadConfig(kind=kind, layer=layer, fc_bias=fc_bias, **options)
     return HeadConfig(kind=kind, layer=layer, fc_bias=fc_bias, draft_vocab_size=draft_vocab_size or target.vocab_size,
-                      layer_ids=layer_ids or default_layer_ids(target.num_hidden_layers))
+                      layer_ids=layer_ids or default_layer_ids(target.num_hidden_layers), **options)
 
 
 def random_head(kind: str, target: Llama, seed: int, *, layers: int = 1, draft_vocab_size: int | None = None,
-                layer_ids: tuple[int, ...] | None = None, scale: float = 1.0) -> EagleHead:
+                layer_ids: tuple[int, ...] | None = None, scale: float = 1.0, **options: bool) -> EagleHead:
     """A head with seeded random weights shaped for `target` (tests: losslessness must hold for any head)."""
     c = target.config
     config = new_head_config(c, kind, layers=layers, fc_bias=kind == "eagle", draft_vocab_size=draft_vocab_size,
-                             layer_ids=layer_ids)
+                             layer_ids=layer_ids, **options)
     vd = config.draft_vocab_size
     g = torch.Generator().manual_seed(seed)
     head = EagleHead(config, target)

@@ -1,17 +1,16 @@
-"""Tiny float64 model factories, the exact autoregressive law by enumeration, and the G-test."""
+"""Tiny float64 model factories, and the conformance kit's exact law and G-test as the tests use them."""
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections import Counter
 
-import numpy as np
 import pytest
 import torch
-from scipy.stats import power_divergence
 
-from specref import Llama, ModelConfig, SamplingParams, process_logits, random_model
+from specref import Llama, ModelConfig, random_model
+from specref.conformance import exact_law as exact_law  # the tests' reference law is the kit's
+from specref.conformance.kit import report
+from specref.conformance.stats import counts_of
 
 ALPHA_TEST = 1e-6  # G-test significance; seeds are fixed, so CI is deterministic
 
@@ -39,46 +38,16 @@ def pair() -> tuple[Llama, Llama]:
 
 
 @torch.inference_mode()
-def exact_law(model: Llama, prompt: list[int], length: int, params: SamplingParams) -> dict[tuple, float]:
-    """P(first `length` new tokens = s) for every s in V^length, by no-cache forwards over all prefixes."""
-    vocab = model.config.vocab_size
-    seqs = torch.tensor([prompt + list(s) for s in itertools.product(range(vocab), repeat=length)])
-    pos = torch.arange(seqs.shape[1]).expand_as(seqs)
-    logits = model(seqs[:, :-1], pos[:, :-1]).logits[:, len(prompt) - 1 :]
-    probs = process_logits(logits, params)  # (V^length, length, V)
-    chosen = probs.gather(2, seqs[:, len(prompt) :, None])[..., 0].prod(dim=1)
-    return {tuple(s[len(prompt) :].tolist()): float(pr) for s, pr in zip(seqs, chosen, strict=True)}
-
-
 def g_test(samples: list[list[int]], law: dict[tuple, float], length: int) -> float:
-    """p-value of a G-test of the samples' first `length` tokens against `law` (cells with expected < 5
-    merged); also asserts the support: no sample may have probability 0 under the law."""
-    n = len(samples)
-    counts = Counter(tuple(s[:length]) for s in samples)
-    impossible = [s for s in counts if law.get(s, 0.0) == 0.0]
-    assert not impossible, f"sampled sequences with probability 0 under the AR law: {impossible[:5]}"
-    cells = sorted(law, key=law.get, reverse=True)
-    obs, exp = [], []
-    rest_obs, rest_exp = 0.0, 0.0
-    for c in cells:
-        if law[c] * n >= 5:
-            obs.append(counts.get(c, 0))
-            exp.append(law[c] * n)
-        else:
-            rest_obs += counts.get(c, 0)
-            rest_exp += law[c] * n
-    if rest_exp > 0:
-        obs.append(rest_obs)
-        exp.append(rest_exp)
-    exp_arr = np.array(exp) * n / sum(exp)  # renormalise away fp64 rounding of the law's total
-    if len(obs) < 2:
-        return 1.0
-    return float(power_divergence(np.array(obs, dtype=float), exp_arr, lambda_="log-likelihood").pvalue)
+    """p-value of the conformance kit's G-test of the samples' first `length` tokens against `law`; also asserts
+    the support: no sample may have probability 0 under the law."""
+    r = report(counts_of(samples, length), law, len(samples), length, ALPHA_TEST, "")
+    assert not r.impossible, f"{r.impossible} samples have probability 0 under the AR law: {r.worst[:3]}"
+    return r.p_value
 
 
 def total_variation(samples: list[list[int]], law: dict[tuple, float], length: int) -> float:
-    counts = Counter(tuple(s[:length]) for s in samples)
-    return 0.5 * sum(abs(counts.get(c, 0) / len(samples) - p) for c, p in law.items())
+    return report(counts_of(samples, length), law, len(samples), length, ALPHA_TEST, "").tv
 
 
 def assert_close_law(law: dict, expected: dict, tol: float = 1e-9) -> None:

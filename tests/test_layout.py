@@ -13,8 +13,8 @@ import specref
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "specref"
-# Each layer may import its own and those below it: core < formats < train < api < tools.
-LAYERS = {"formats": 1, "train": 2, "api": 3, "tools": 4}
+# Each layer may import its own and those below it: core < formats < train < api, conformance < tools.
+LAYERS = {"formats": 1, "train": 2, "api": 3, "conformance": 3, "tools": 4}
 
 
 def module_name(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""EAGLE-1/2, HASS and EAGLE-3 heads on disk, in their original layouts.
+"""EAGLE-1/2, HASS and EAGLE-3 heads on disk, in their original layouts (and in speculators', through
+`formats/speculators.py`).
 
 The keys decide what a checkpoint is (`fc.*` plus `layers.0.*` for EAGLE-1/2 and HASS, `midlayer.*` or
 `midlayer.{i}.*` for EAGLE-3, `norm`, `lm_head`, `d2t`); the config only fills gaps, since EAGLE's own configs
@@ -20,6 +21,7 @@ from torch import Tensor
 from specref.eagle import EagleHead, HeadConfig, default_layer_ids
 from specref.formats.files import atomic_directory, check_tensors, read_json_config
 from specref.formats.hf import WEIGHT_FILES, config_to_hf, fuse_hf, parse_rope, read_weights, split_hf
+from specref.formats.speculators import is_speculators, original_layout
 from specref.model import Llama, ModelConfig
 
 
@@ -75,10 +77,26 @@ def head_config_from(cfg: dict[str, Any], weights: dict[str, Tensor], target: Mo
     vocab = int(cfg.get("vocab_size", target.vocab_size))
     if vocab != target.vocab_size:
         raise ValueError(f"head vocab size {vocab} differs from the target's {target.vocab_size}")
-    draft_vocab = weights["lm_head.weight"].shape[0] if kind == "eagle3" else None
-    ids = cfg.get("eagle_aux_hidden_state_layer_ids") or default_layer_ids(target.num_hidden_layers)
+    if kind == "eagle":
+        return HeadConfig(kind=kind, layer=layer, fc_bias="fc.bias" in keys)
+    if "lm_head.weight" not in keys:
+        raise ValueError("EAGLE-3 head has no lm_head.weight")
+    draft_vocab = weights["lm_head.weight"].shape[0]
+    if cfg.get("draft_vocab_size") not in (None, draft_vocab):
+        raise ValueError(f"head config says draft_vocab_size {cfg['draft_vocab_size']} but lm_head.weight has "
+                         f"{draft_vocab} rows")
+    ids = (cfg.get("eagle_aux_hidden_state_layer_ids") or (cfg.get("eagle_config") or {}).get(
+        "eagle_aux_hidden_state_layer_ids") or default_layer_ids(target.num_hidden_layers))  # ModelOpt nests them
+    if len(ids) != 3 or not all(isinstance(i, int) and 0 <= i < target.num_hidden_layers for i in ids):
+        raise ValueError(f"eagle_aux_hidden_state_layer_ids must be three layers of the target's "
+                         f"{target.num_hidden_layers}, got {ids}")
+    # Eagle 3.1 options: the norms' weights say they exist; the other two only the config can say.
+    options = {"norm_before_fc": bool(cfg.get("norm_before_fc")) or "input_norm.weight" in keys,
+               "fc_norm": bool(cfg.get("fc_norm")) or any(k.startswith("fc_norm.") for k in keys),
+               "norm_before_residual": bool(cfg.get("norm_before_residual")),
+               "norm_output": bool(cfg.get("norm_output"))}
     return HeadConfig(kind=kind, layer=layer, fc_bias="fc.bias" in keys, draft_vocab_size=draft_vocab,
-                      layer_ids=tuple(int(i) for i in ids) if kind == "eagle3" else ())
+                      layer_ids=tuple(ids), **options)
 
 
 def check_head_dir(path: str | Path) -> dict[str, Any]:
@@ -98,6 +116,8 @@ def read_head(path: str | Path, target: ModelConfig) -> tuple[HeadConfig, dict[s
     cfg = check_head_dir(path)
     weights = {k.removeprefix("model."): v for k, v in read_weights(path).items()
                if not k.endswith(("rotary_emb.inv_freq", "t2d"))}
+    if is_speculators(cfg):
+        cfg, weights = original_layout(cfg, weights)
     config = head_config_from(cfg, weights, target)
     own_embedding = "embed_tokens.weight" in weights
     if own_embedding and tuple(weights["embed_tokens.weight"].shape) != (config.layer.vocab_size, config.hidden):
@@ -148,7 +168,8 @@ def save_head(head: EagleHead, path: str | Path, *, dtype: torch.dtype | None = 
            "architectures": ["LlamaForCausalLMEagle3" if c.kind == "eagle3" else "LlamaForCausalLM"]}
     if c.kind == "eagle3":
         cfg.update(draft_vocab_size=c.draft_vocab_size, eagle_aux_hidden_state_layer_ids=list(c.layer_ids),
-                   target_hidden_size=head.fc.weight.shape[1] // 3)
+                   target_hidden_size=head.fc.weight.shape[1] // 3, norm_before_fc=c.norm_before_fc,
+                   fc_norm=c.fc_norm, norm_before_residual=c.norm_before_residual, norm_output=c.norm_output)
     with atomic_directory(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})

@@ -15,12 +15,17 @@ from torch import Tensor
 
 
 @contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Write a directory all or nothing: yields a fresh temporary sibling of `path`, renamed to `path` when the
-    block succeeds and removed when it fails (Ctrl-C included), so that a failure leaves nothing behind."""
+    block succeeds and removed when it fails (Ctrl-C included), so that a failure leaves nothing behind. An
+    existing non-empty `path` is refused unless `overwrite`; it is then replaced only once the new one is
+    complete."""
     path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} already exists; choose a new output directory")
+    if path.is_file():
+        raise FileExistsError(f"{path} is a file; name a directory to write")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} already exists and is not empty; choose a new output directory"
+                              " (or overwrite it, where the command offers that)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -28,7 +33,17 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise ValueError(f"cannot write {path}: {e.strerror or e} in {path.parent}") from None
     try:
         yield tmp
-        os.replace(tmp, path)
+        umask = os.umask(0)
+        os.umask(umask)
+        for item in [tmp, *tmp.rglob("*")]:  # mkdtemp's 0700 and some writers' 0600 would make the output private
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+        if path.exists():  # empty, or overwritten: moved aside, then removed once the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

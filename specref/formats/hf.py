@@ -12,7 +12,8 @@ names the file or tensor, before the model is used.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,25 @@ def save_model(model: Llama, path: str | Path, *, dtype: torch.dtype | None = No
     with atomic_directory(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2, sort_keys=True) + "\n")
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+
+
+def standalone_draft(draft: Llama, target: Llama) -> Llama:
+    """The draft as a plain Llama over the full vocabulary, for engines that cannot borrow the target's
+    embeddings or map a reduced output vocabulary: its own layers and norm, the target's embedding and output
+    head. (With a reduced head this is a different draft; any draft keeps lossless decoding lossless.)"""
+    model = Llama(replace(target.config, num_hidden_layers=draft.config.num_hidden_layers)).to(target.dtype)
+    own = {k: v for k, v in draft.state_dict().items() if k.startswith(("layers.", "norm."))}
+    shared = {k: v for k, v in target.state_dict().items() if not k.startswith(("layers.", "norm."))}
+    model.load_state_dict({**shared, **own})
+    return model.to(target.device)
+
+
+def to_transformers(model: Llama) -> Any:
+    """The same weights as a `transformers` LlamaForCausalLM (through an HF checkpoint in a temporary
+    directory), in the model's dtype and on its device, in eval mode."""
+    from transformers import LlamaForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, Path(tmp) / "model")
+        hf = LlamaForCausalLM.from_pretrained(Path(tmp) / "model", dtype=model.dtype)
+    return hf.to(model.device).eval()

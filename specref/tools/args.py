@@ -54,7 +54,7 @@ def help_text(name: str, command: Callable | None, commands: dict[str, Callable]
     for n, p in params.items():
         if p.kind == p.KEYWORD_ONLY:
             spelling = f"--{dashed(n)} / --no{dashed(n)}" if kind(p) == "bool" else f"--{dashed(n)} {shown(p)}"
-            lines.append(f"  {spelling:34s} default: {p.default!r}")
+            lines.append(f"  {spelling:34s} " + ("required" if p.default is p.empty else f"default: {p.default!r}"))
     return "\n".join(lines)
 
 
@@ -108,6 +108,10 @@ def check(commands: dict[str, Callable], argv: list[str]) -> tuple[str, list[str
             value = args.pop(0)
         # Always `--flag=value`: fire would take a value such as "-1" for a flag of its own.
         out.append(f"--{key}={value!r}" if kind(params[key]) == "str" else f"--{key}={value}")
+    given = {a.split("=", 1)[0].removeprefix("--") for a in out}
+    missing = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and p.default is p.empty and n not in given]
+    if missing:
+        raise UsageError(f"{name} needs {', '.join('--' + dashed(n) for n in missing)}")
     if len(rest) > len(positional):
         names = " ".join(dashed(p.name).upper() for p in positional) or "no"
         raise UsageError(f"{name} takes {names} positional argument(s), got {len(rest)}: {rest}; quote text that "

@@ -19,9 +19,7 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +30,9 @@ from specref import autoregressive, eagle_decode, sps
 from specref.cpu import pack_linears
 from specref.formats.default_model import default_draft_dir, default_head_dir, default_target_dir
 from specref.formats.eagle import load_head
-from specref.formats.hf import load_draft, load_model, load_tokenizer, save_model
+from specref.formats.hf import load_draft, load_model, load_tokenizer, standalone_draft, to_transformers
 from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
-from specref.model import Llama
 from specref.tools.options import describe, parse_tree
 from specref.tools.timing import step_time, weight_read_floor
 from specref.tree import TreeSpec
@@ -91,16 +88,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     draft = load_draft(draft_dir, target)
     head = load_head(default_head_dir(), target)
     tree_specs = [parse_tree(t, dev.type) for t in trees] if "eagle" in groups else []
-    with tempfile.TemporaryDirectory() as tmp:  # the draft as a plain HF checkpoint, full output head
-        full = load_model(target_dir)
-        hf_draft_model = Llama(replace(full.config, num_hidden_layers=draft.config.num_hidden_layers))
-        own = {k: v for k, v in draft.state_dict().items() if k.startswith(("layers.", "norm."))}
-        shared = {k: v for k, v in full.state_dict().items() if not k.startswith(("layers.", "norm."))}
-        hf_draft_model.load_state_dict({**shared, **own})
-        save_model(hf_draft_model, Path(tmp) / "draft")
-        del full, hf_draft_model
-        hf_target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to(dev).eval()
-        hf_draft = LlamaForCausalLM.from_pretrained(Path(tmp) / "draft", dtype=torch.float32).to(dev).eval()
+    hf_target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to(dev).eval()
+    hf_draft = to_transformers(standalone_draft(draft, target))  # before packing; a full output head
     floor, bandwidth = weight_read_floor(target)  # before packing: packed weights are no parameters
     if pack:
         for model in (target, draft, head):

@@ -303,8 +303,65 @@ class CLI:
         print(json.dumps(result, indent=2))
 
 
+    def convert(self, *, source: str, output: str, verifier: str | None = None, algorithm: str = "auto",
+                dtype: str | None = None, overwrite: bool = False) -> None:
+        """Convert an EAGLE-1/2, HASS or EAGLE-3 head (--source: its original layout or speculators') into the
+        speculators layout at --output, the one vLLM serves (`vllm serve OUTPUT`). --verifier: the target's
+        local directory (checks every shape against its config; its name is recorded for vLLM) or its hub id;
+        --algorithm auto|eagle|hass|eagle3 (auto: detected from the keys); --dtype float32|float16|bfloat16
+        (default: the source's); --overwrite replaces a non-empty --output. Nothing is left behind on failure."""
+        from specref.api.speculator import ALGORITHMS, DTYPES, Speculator
+
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        out = Path(output)
+        if out.is_file():
+            raise ValueError(f"--output {output} is a file; name a directory")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise ValueError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
+        if Path(source).resolve() == out.resolve():
+            raise ValueError("--output must differ from --source")
+        spec = Speculator.from_pretrained(source, verifier=verifier, algorithm=algorithm)
+        spec.save_pretrained(out, dtype=DTYPES[dtype] if dtype else None, overwrite=overwrite)
+        c = spec.config
+        legacy = c.head.kind == "eagle"
+        notes = ["the legacy layout of speculators <= 0.6, which no vLLM release serves"] if legacy else []
+        if c.head.kind == "eagle" and spec.own_embedding:
+            notes.append("its embed_tokens copy is dropped, as that layout does: the verifier's embedding is used")
+        if c.verifier.name_or_path is None:
+            notes.append("no verifier recorded: vLLM needs one, pass --verifier")
+        print(f"wrote {out}: {c.algorithm} speculator, verifier {c.verifier.name_or_path or '(none)'}"
+              + "".join(f"; {n}" for n in notes))
+
+    def conformance(self, out: str | None = None, *, suites: Any = ("tiny", "default"), n: int = 20_000,
+                    n_default: int = 2_000, length: int = 3, alpha: float = 1e-6, seed: int = 0,
+                    greedy: bool = True) -> None:
+        """Test specref's modes (ar, sps, eagle) and Hugging Face generation (plain sampling, assisted generation,
+        prompt lookup) for losslessness with the conformance kit: a G-test of N samples of the first --length
+        tokens against the target's exact law at level --alpha, on tiny random models (--suites tiny, N = --n)
+        and on the default SmolLM2 pair at top-k 4 (default, N = --n-default); greedy rows (--nogreedy skips
+        them) check token identity with greedy AR. Prints the table; OUT: a JSON file with every report."""
+        from specref.checks import check_count
+        from specref.tools.conformance import SUITES, conformance
+
+        suite_list = tuple(comma_list(suites))
+        if not suite_list or not set(suite_list) <= set(SUITES):
+            raise ValueError(f"--suites must be among {','.join(SUITES)}, got {suites!r}")
+        for name, value in (("n", n), ("n_default", n_default), ("length", length)):
+            check_count(name, value)
+        check_count("seed", seed, minimum=0)
+        if not (isinstance(alpha, int | float) and 0 < alpha < 1):
+            raise ValueError(f"--alpha must be in (0, 1), got {alpha!r}")
+        if out is not None and Path(out).is_dir():
+            raise ValueError(f"OUT {out} is a directory; name a JSON file")
+        conformance(out, suites=suite_list, n=n, n_default=n_default, length=length, alpha=alpha, seed=seed,
+                    greedy=greedy)
+
+
 COMMANDS = {dashed(name): getattr(CLI, name) for name in ("generate", "bench", "calibrate", "train_draft",
-                                                           "train_eagle")}
+                                                           "train_eagle", "convert", "conformance")}
 
 
 def main(argv: list[str] | None = None) -> None:
