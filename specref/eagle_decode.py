@@ -35,7 +35,7 @@ from specref.memory import check_fits, round_bytes
 from specref.model import Llama, Output
 from specref.seeds import streams
 from specref.sequences import Sequences, Stream
-from specref.stats import Generation, Stats
+from specref.stats import Generation, Round, Stats, Trace
 from specref.tree import TreeSpec, grow_dynamic, grow_static, tree_buffers
 
 DETERMINISTIC = 0  # the verifier's kind code for children chosen without randomness: δ-verification
@@ -119,7 +119,8 @@ def keep(head: EagleHead, tcache: KVCache, hcache: KVCache, out: Output, path: P
 @torch.inference_mode()
 def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[int]], *, tree: TreeSpec,
                    max_new_tokens: int, params: SamplingParams = SamplingParams(), seed: int = 0,
-                   eos_token_ids: Sequence[int] = (), stream: Stream | None = None) -> Generation:
+                   eos_token_ids: Sequence[int] = (), stream: Stream | None = None,
+                   trace: Trace | None = None) -> Generation:
     """Continue every prompt once with the target's distribution, drafting trees with an EAGLE head."""
     if head.target is not target:
         raise ValueError("the EAGLE head was loaded for another target model")
@@ -143,6 +144,9 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
         kinds = np.full_like(parents, DETERMINISTIC)
         path, path_len, token, _ = verify_tree(parents, tok, kinds, p, None, coin)  # 3. verify
         kept = accepted_path(tok, path, path_len, token)
+        if trace and seqs.active[0]:  # the first sequence's tree, each node's p given its parent, for pictures
+            trace(Round(tok[0].tolist(), path[0, :path_len[0]].tolist(), int(token[0]), parents[0].tolist(),
+                        [1.0] + [float(p[0, parents[0, i], tok[0, i]]) for i in range(1, tok.shape[1])]))
         stats.record_round(tree.max_depth, (path_len - 1)[seqs.active].tolist())
         stats.tree_nodes += (tree.nodes - 1) * int(seqs.active.sum())
         stats.target_calls += 1

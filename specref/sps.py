@@ -34,7 +34,7 @@ from specref.memory import check_fits, round_bytes
 from specref.model import Llama
 from specref.seeds import streams
 from specref.sequences import Sequences, Stream
-from specref.stats import Generation, Stats
+from specref.stats import Generation, Round, Stats, Trace
 
 
 def propose(logits: Tensor, params: SamplingParams, greedy_draft: bool,
@@ -77,7 +77,7 @@ def score(target: Llama, cache: KVCache, seqs: Sequences, x: Tensor, params: Sam
 def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]], *, gamma: int,
                    max_new_tokens: int, params: SamplingParams = SamplingParams(), seed: int = 0,
                    eos_token_ids: Sequence[int] = (), greedy_draft: bool = False,
-                   stream: Stream | None = None) -> Generation:
+                   stream: Stream | None = None, trace: Trace | None = None) -> Generation:
     """Continue every prompt once with the target's distribution, drafting `gamma` tokens a round."""
     check_count("gamma", gamma)
     check_pair(target.config, draft.config)
@@ -99,6 +99,8 @@ def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]]
         p = score(target, tcache, seqs, x, params)  # 2. score
         x = x.cpu().numpy()
         accepted, token, fallback = verify_chain(p.cpu().numpy(), q.cpu().numpy(), x, coin)  # 3-5. verify
+        if trace and seqs.active[0]:  # the first sequence's round, for pictures
+            trace(Round(x[0].tolist(), list(range(1, accepted[0] + 1)), int(token[0])))
         new = np.concatenate([x, token[:, None]], axis=1)
         new[np.arange(batch), accepted] = token  # x_1..x_n, then the correction or bonus token
         stats.record_round(gamma, accepted[seqs.active].tolist())

@@ -10,8 +10,26 @@ E[tau] / (gamma c + 1), c being the draft/target cost ratio (Leviathan et al. 20
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Round(NamedTuple):
+    """One verification round of the first sequence, as pictures show it (`trace=` of the SpS and EAGLE loops).
+
+    Chains: `tokens` are the drafts x_1..x_gamma. Trees: `tokens` are the nodes' tokens (node 0 the root),
+    `parents` the parent array, `p` each node's target probability given its parent's context. `path` holds the
+    accepted node indices (chains: 1..accepted; trees: from the root), `token` the correction or bonus."""
+
+    tokens: list[int]
+    path: list[int]
+    token: int
+    parents: list[int] | None = None
+    p: list[float] | None = None
+
+
+Trace = Callable[[Round], None]
 
 
 @dataclass

@@ -416,3 +416,25 @@ def test_switch_values_and_integer_lists_are_strict(checkpoints):
     res = run_cli("the cat", "--target", str(target), "--draft", str(draft), "--greedy-draft=false", "--pack", "False",
                   "--max-new-tokens", "3", "--output", "json")
     assert res.returncode == 0, res.stderr
+
+
+def test_show_rounds_and_show_tree(checkpoints, heads, tmp_path, capsys):
+    """--show-rounds prints one coloured line per round; --show-tree writes the first EAGLE round as SVG."""
+    import xml.etree.ElementTree as ET
+
+    from specref.tools.cli import CLI
+
+    target, draft = checkpoints
+    for kwargs, needle in (({"method": "ar", "show_rounds": True}, "--method sps or eagle"),
+                           ({"method": "sps", "draft": str(draft), "show_tree": "t.svg"}, "EAGLE tree"),
+                           ({"method": "eagle", "eagle": str(heads / "eagle3"), "show_tree": "t.png"}, ".svg")):
+        with pytest.raises(ValueError, match=needle):
+            CLI().generate(target=str(target), prompt_ids="3,4", max_new_tokens=4, **kwargs)
+    CLI().generate(target=str(target), draft=str(draft), method="sps", prompt_ids="3,4,5", max_new_tokens=8,
+                   show_rounds=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round")]
+    assert lines and all("accepted +" in line for line in lines)
+    svg = tmp_path / "tree.svg"
+    CLI().generate(target=str(target), method="eagle", eagle=str(heads / "eagle3"), prompt_ids="3,4,5",
+                   max_new_tokens=4, show_tree=str(svg))
+    assert ET.parse(svg).getroot().tag.endswith("svg")

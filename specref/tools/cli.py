@@ -74,6 +74,24 @@ def comma_list(value: Any) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
+def show_pictures(rounds: list[Any], tokenizer: Any, show_rounds: bool, show_tree: str | None) -> None:
+    """Print each traced round in colour and/or draw the first round's tree (generate --show-rounds/--show-tree)."""
+    from specref.tools.pictures import show_round, tree_svg
+
+    def text(token: int) -> str:
+        return repr(tokenizer.decode([token]))[1:-1] if tokenizer is not None else str(token)
+
+    if show_rounds:
+        for i, r in enumerate(rounds):
+            print(f"round {i + 1:3d} " + show_round(r, text))
+    if show_tree and rounds:
+        from specref.formats.files import atomic_file
+
+        with atomic_file(show_tree) as tmp:
+            tmp.write_text(tree_svg(rounds[:1], text, ["round 1: the accepted path in green"]))
+        print(f"specref: wrote {show_tree}", file=sys.stderr)
+
+
 def resolve_device(device: str) -> Any:
     """A torch.device, refused with a clear message when it is malformed or absent."""
     import torch
@@ -98,7 +116,8 @@ class CLI:
                  dtype: str = "float32", prompt_ids: Any = None, num_samples: int = 1, output: str = "text",
                  greedy_draft: bool = False, raw: bool = False, pack: bool = True, eagle: str | None = None,
                  tree: str = "dynamic", choices: Any = "eagle", total_tokens: int | None = None,
-                 depth: int | None = None, tree_top_k: int | None = None) -> None:
+                 depth: int | None = None, tree_top_k: int | None = None, show_rounds: bool = False,
+                 show_tree: str | None = None) -> None:
         """Continue PROMPT (text) or --prompt-ids with the target, speculatively drafted by --draft.
 
         Without --target the embedded default pair runs: SmolLM2-135M-Instruct and its shipped draft.
@@ -110,6 +129,9 @@ class CLI:
         --tree dynamic|static; static trees: --choices eagle (EAGLE's default, 25 paths) | medusa (Medusa's
         63 nodes) | a JSON file of paths; dynamic trees (EAGLE-2): --total-tokens, --depth, --tree-top-k
         (defaults per device: `python -m specref calibrate` measures them).
+        Pictures: --show-rounds prints each round of the first sample in colour (accepted drafts green, the
+        rejected one red, the correction yellow or the bonus blue); --show-tree OUT.svg (EAGLE) draws the first
+        round's tree with the target's probabilities on its edges and the accepted path highlighted.
         """
         import torch
 
@@ -142,6 +164,10 @@ class CLI:
             raise ValueError("give either a text prompt or --prompt-ids, not both")
         if prompt == "":
             raise ValueError("prompt is empty")
+        if (show_rounds or show_tree) and method == "ar":
+            raise ValueError("--show-rounds and --show-tree picture speculative rounds: use --method sps or eagle")
+        if show_tree is not None and (method != "eagle" or not show_tree.endswith(".svg")):
+            raise ValueError("--show-tree draws an EAGLE tree into an .svg file: --method eagle --show-tree OUT.svg")
         ids = parse_ids(prompt_ids) if prompt_ids is not None else None
         if prompt is None and ids is None:
             prompt = DEFAULT_PROMPT
@@ -193,10 +219,13 @@ class CLI:
                 if model is not None:
                     pack_linears(model)
         stream = None
-        if output == "text" and num_samples == 1:
+        if output == "text" and num_samples == 1 and not show_rounds:
             stream = TextStream(tokenizer)
         run = {"max_new_tokens": max_new_tokens, "params": params, "seed": seed, "num_samples": num_samples,
                "eos_token_ids": tgt.config.eos_token_id, "stream": stream}
+        rounds: list[Any] = []
+        if show_rounds or show_tree:
+            run["trace"] = rounds.append
         if head is not None:
             result = eagle_decode.generate(tgt, head, ids, tree=tree_spec, **run)
         elif drf is not None:
@@ -204,6 +233,7 @@ class CLI:
         else:
             result = autoregressive.generate(tgt, ids, **run)
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in result.token_ids] if tokenizer else None
+        show_pictures(rounds, tokenizer, show_rounds, show_tree)
         if output == "json":
             record: dict[str, Any] = {"token_ids": result.token_ids, "stats": result.stats.as_dict()}
             if texts is not None:
