@@ -144,7 +144,7 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
         kinds = np.full_like(parents, DETERMINISTIC)
         path, path_len, token, _ = verify_tree(parents, tok, kinds, p, None, coin)  # 3. verify
         kept = accepted_path(tok, path, path_len, token)
-        if trace and seqs.active[0]:  # the first sequence's tree, each node's p given its parent, for pictures
+        if trace is not None and seqs.active[0]:  # the first tree, each node's p given its parent (pictures)
             trace(Round(tok[0].tolist(), path[0, :path_len[0]].tolist(), int(token[0]), parents[0].tolist(),
                         [1.0] + [float(p[0, parents[0, i], tok[0, i]]) for i in range(1, tok.shape[1])]))
         stats.record_round(tree.max_depth, (path_len - 1)[seqs.active].tolist())

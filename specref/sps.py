@@ -99,7 +99,7 @@ def generate_batch(target: Llama, draft: Llama, prompts: Sequence[Sequence[int]]
         p = score(target, tcache, seqs, x, params)  # 2. score
         x = x.cpu().numpy()
         accepted, token, fallback = verify_chain(p.cpu().numpy(), q.cpu().numpy(), x, coin)  # 3-5. verify
-        if trace and seqs.active[0]:  # the first sequence's round, for pictures
+        if trace is not None and seqs.active[0]:  # the first sequence's round, for pictures
             trace(Round(x[0].tolist(), list(range(1, accepted[0] + 1)), int(token[0])))
         new = np.concatenate([x, token[:, None]], axis=1)
         new[np.arange(batch), accepted] = token  # x_1..x_n, then the correction or bonus token

@@ -438,3 +438,13 @@ def test_show_rounds_and_show_tree(checkpoints, heads, tmp_path, capsys):
     CLI().generate(target=str(target), method="eagle", eagle=str(heads / "eagle3"), prompt_ids="3,4,5",
                    max_new_tokens=4, show_tree=str(svg))
     assert ET.parse(svg).getroot().tag.endswith("svg")
+
+
+def test_show_rounds_keeps_json_output_clean(checkpoints, capsys):
+    from specref.tools.cli import CLI
+
+    target, draft = checkpoints
+    CLI().generate(target=str(target), draft=str(draft), method="sps", prompt_ids="3,4,5", max_new_tokens=6,
+                   show_rounds=True, output="json")
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["token_ids"] and "round" in captured.err

@@ -340,3 +340,10 @@ def test_cli_runs_the_tiny_suite_and_writes_every_report(tmp_path):
                                               ("transformers", "prompt_lookup")}
     assert all(r["passed"] for r in rows), [r for r in rows if not r["passed"]]
     assert sum(line.startswith("tiny ") for line in res.stdout.splitlines()) == 12
+
+
+def test_degenerate_runs_are_refused_or_marked(law):
+    with pytest.raises(ValueError, match="chunk"):
+        check_sampler(law_sampler(law), None, PROMPT, L, law=law, n=100, chunk=-1)
+    r = check_sampler(law_sampler(law), None, PROMPT, L, law=law, n=3)  # every cell expected < 5 times: one pool
+    assert r.df == 0 and r.detectable_tv == math.inf

@@ -416,3 +416,35 @@ def test_rope_scaling_and_modelopt_layer_ids_are_kept(tmp_path, target):
     rope = written["transformer_layer_config"]["rope_parameters"]
     assert rope["rope_type"] == "llama3" and rope["factor"] == 8.0
     assert Speculator.from_pretrained(tmp_path / "out", verifier=target, quiet=True).config.head.layer.rope_scaling
+
+
+def test_atomic_directory_replaces_only_when_complete_and_never_a_filled_one(tmp_path):
+    from specref.formats.files import atomic_directory
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(out, overwrite=True) as tmp:
+        (tmp / "a").write_text("new")
+        raise RuntimeError
+    assert (out / "a").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out"]
+    with atomic_directory(out, overwrite=True) as tmp:
+        (tmp / "a").write_text("new")
+    assert (out / "a").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OSError), atomic_directory(empty) as tmp:
+        (tmp / "x").write_text("1")
+        (empty / "meanwhile").write_text("someone else's")  # filled during the write: not ours to replace
+    assert (empty / "meanwhile").exists() and not (empty / "x").exists()
+
+
+def test_convert_refuses_a_dtype_for_legacy_heads_and_an_output_above_the_source(tmp_path, target, verifier, capsys):
+    src = tmp_path / "heads" / "src"
+    original(head_of(target, "eagle2"), src, "eagle2")
+    for flags, needle in ((["--output", str(tmp_path / "o"), "--dtype", "float16"], "always float32"),
+                          (["--output", str(tmp_path / "heads"), "--overwrite"], "contains it")):
+        with pytest.raises(SystemExit):
+            main(["convert", "--source", str(src), "--verifier", str(verifier), *flags])
+        assert needle in capsys.readouterr().err
+    assert src.exists() and not (tmp_path / "o").exists()

@@ -72,7 +72,7 @@ def draw(sampler: Sampler, prompt_ids: Sequence[int], n: int, seed: int, length:
          chunk: int | None) -> list[list[int]]:
     """n continuations cut to `length`, drawn in chunks (seeds seed, seed + 1, ...) so memory stays bounded."""
     out: list[list[int]] = []
-    size = chunk or n
+    size = check_count("chunk", chunk) if chunk is not None else n
     for i, start in enumerate(range(0, n, size)):
         want = min(size, n - start)
         got = list(sampler(list(prompt_ids), want, seed + i))
@@ -107,6 +107,8 @@ def check_sampler(sampler: Sampler, target: Any, prompt_ids: Sequence[int], leng
 
 def report(counts: dict[tuple[int, ...], int], law: Law, n: int, length: int, alpha: float, name: str) -> Report:
     """The G-test of `counts` (n samples) against `law`, with the figures a reader needs to trust it."""
+    if sum(counts.values()) != n:
+        raise ValueError(f"{sum(counts.values())} samples counted, {n} expected")
     total = sum(law.values())
     law = {c: p / total for c, p in law.items()}  # renormalise away float64 rounding
     cells = pooled_cells(law, n)
@@ -122,7 +124,7 @@ def report(counts: dict[tuple[int, ...], int], law: Law, n: int, length: int, al
         name=name, n=n, length=length, cells=len(law), df=df, g=g, p_value=p_value,
         tv=0.5 * math.fsum(abs(o - e) for o, e in deviation.values()),
         impossible=sum(k for c, k in counts.items() if c not in law), alpha=alpha,
-        detectable_tv=detectable_tv(n, max(df, 1), alpha, POWER),
+        detectable_tv=detectable_tv(n, df, alpha, POWER) if df >= 1 else math.inf,  # one pooled cell: no test
         worst=[Cell(c, deviation[c][1], deviation[c][0]) for c in worst])
 
 

@@ -26,6 +26,8 @@ MAX_PREFIXES = 20_000  # next-token evaluations per level before the enumeration
 def next_token_logits(target: Any) -> Callable[[Tensor], Tensor]:
     """(B, T) token ids -> (B, V) logits of the token after each row, for a specref `Llama`, a `transformers`
     causal LM (anything with `.config` whose call returns `.logits`), or a callable doing exactly this."""
+    if isinstance(getattr(target, "model", None), torch.nn.Module) and hasattr(target, "new_cache"):
+        target = target.model  # specref's adapter of a transformers model: ask the model itself
     if isinstance(target, Llama):
         @torch.no_grad()
         def specref_logits(ids: Tensor) -> Tensor:

@@ -31,21 +31,26 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as e:
         raise ValueError(f"cannot write {path}: {e.strerror or e} in {path.parent}") from None
+    old = None
     try:
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         for item in [tmp, *tmp.rglob("*")]:  # mkdtemp's 0700 and some writers' 0600 would make the output private
-            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
-        if path.exists():  # empty, or overwritten: moved aside, then removed once the new one is in place
+            if not item.is_symlink():
+                os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+        if overwrite and path.exists():  # moved aside, replaced, then removed; moved back if the swap fails
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / path.name)
-            os.replace(tmp, path)
+        os.replace(tmp, path)  # without overwrite, only an empty directory is replaced (POSIX: else ENOTEMPTY)
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if (old / path.name).exists() and not path.exists():
+                os.replace(old / path.name, path)
+            shutil.rmtree(old, ignore_errors=True)
         raise
 
 

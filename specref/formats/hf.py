@@ -296,4 +296,4 @@ def to_transformers(model: Llama) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, Path(tmp) / "model")
         hf = LlamaForCausalLM.from_pretrained(Path(tmp) / "model", dtype=model.dtype)
-    return hf.to(model.device).eval()
+    return hf.to(model.device, model.dtype).eval()

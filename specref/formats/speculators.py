@@ -89,12 +89,12 @@ def speculators_tensors(head: HeadConfig, state: dict[str, Tensor], vocab: int) 
     keeps every name and adds `t2d`; the legacy layout renames fc and layer 0 and drops the embedding."""
     if head.kind == "eagle3":
         out = dict(state)
-        if "d2t" in out and head.draft_vocab_size != vocab:
+        if "d2t" in out and (head.draft_vocab_size != vocab or out["d2t"].any()):
             t2d = out["d2t"].new_zeros(vocab, dtype=bool)
             t2d[out["d2t"] + out["d2t"].new_tensor(range(len(out["d2t"])))] = True
             out["t2d"] = t2d
-        elif "d2t" in out:
-            del out["d2t"]  # a full vocabulary: speculators writes neither table
+        elif "d2t" in out and not out["d2t"].any():
+            del out["d2t"]  # the identity over the full vocabulary: speculators writes neither table
         return out
     out = {}
     for key, value in state.items():

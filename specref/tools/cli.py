@@ -74,8 +74,8 @@ def comma_list(value: Any) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def show_pictures(rounds: list[Any], tokenizer: Any, show_rounds: bool, show_tree: str | None) -> None:
-    """Print each traced round in colour and/or draw the first round's tree (generate --show-rounds/--show-tree)."""
+def show_pictures(rounds: list[Any], tokenizer: Any, show_rounds: bool, show_tree: str | None, out: Any) -> None:
+    """Print each traced round in colour to `out` and/or draw the first round's tree (--show-rounds/--show-tree)."""
     from specref.tools.pictures import show_round, tree_svg
 
     def text(token: int) -> str:
@@ -83,7 +83,7 @@ def show_pictures(rounds: list[Any], tokenizer: Any, show_rounds: bool, show_tre
 
     if show_rounds:
         for i, r in enumerate(rounds):
-            print(f"round {i + 1:3d} " + show_round(r, text))
+            print(f"round {i + 1:3d} " + show_round(r, text), file=out)
     if show_tree and rounds:
         from specref.formats.files import atomic_file
 
@@ -168,6 +168,8 @@ class CLI:
             raise ValueError("--show-rounds and --show-tree picture speculative rounds: use --method sps or eagle")
         if show_tree is not None and (method != "eagle" or not show_tree.endswith(".svg")):
             raise ValueError("--show-tree draws an EAGLE tree into an .svg file: --method eagle --show-tree OUT.svg")
+        if show_tree is not None and not Path(show_tree).resolve().parent.is_dir():
+            raise ValueError(f"--show-tree {show_tree}: its directory does not exist")
         ids = parse_ids(prompt_ids) if prompt_ids is not None else None
         if prompt is None and ids is None:
             prompt = DEFAULT_PROMPT
@@ -233,7 +235,7 @@ class CLI:
         else:
             result = autoregressive.generate(tgt, ids, **run)
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in result.token_ids] if tokenizer else None
-        show_pictures(rounds, tokenizer, show_rounds, show_tree)
+        show_pictures(rounds, tokenizer, show_rounds, show_tree, sys.stderr if output == "json" else sys.stdout)
         if output == "json":
             record: dict[str, Any] = {"token_ids": result.token_ids, "stats": result.stats.as_dict()}
             if texts is not None:
@@ -351,9 +353,11 @@ class CLI:
             raise ValueError(f"--output {output} is a file; name a directory")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise ValueError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
-        if Path(source).resolve() == out.resolve():
-            raise ValueError("--output must differ from --source")
+        if out.resolve() == Path(source).resolve() or out.resolve() in Path(source).resolve().parents:
+            raise ValueError("--output must not be --source or a directory that contains it")
         spec = Speculator.from_pretrained(source, verifier=verifier, algorithm=algorithm)
+        if dtype is not None and spec.config.head.kind == "eagle":
+            raise ValueError("--dtype applies to EAGLE-3; the legacy EAGLE-1/2/HASS layout is always float32")
         spec.save_pretrained(out, dtype=DTYPES[dtype] if dtype else None, overwrite=overwrite)
         c = spec.config
         legacy = c.head.kind == "eagle"
