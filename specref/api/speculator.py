@@ -23,14 +23,13 @@ from torch import Tensor
 from specref import eagle_decode
 from specref.eagle import EagleHead, HeadConfig
 from specref.formats.default_model import DEFAULT_TARGET, default_target_dir
-from specref.formats.eagle import check_head_dir, place_head, read_head
+from specref.formats.eagle import check_head_dir, head_from, place_head, read_head_dir
 from specref.formats.files import atomic_directory, read_json_config
-from specref.formats.hf import config_from_hf, load_model, read_weights, split_hf
+from specref.formats.hf import config_from_hf, load_model, split_hf
 from specref.formats.speculators import (
     dtype_name,
     dump,
     is_speculators,
-    original_layout,
     speculators_config,
     speculators_tensors,
 )
@@ -60,7 +59,6 @@ class SpeculatorConfig:
     target_hidden_size: int
     max_position_embeddings: int
     bos_eos: tuple[Any, Any] = (None, None)
-    speculative_tokens: int = 3
 
 
 def resolve_verifier(verifier: str | Path | Llama | None) -> Path | Llama | None:
@@ -78,14 +76,13 @@ def resolve_verifier(verifier: str | Path | Llama | None) -> Path | Llama | None
 
 
 def target_config(verifier: Path | Llama | None, cfg: dict[str, Any], weights: dict[str, Tensor]) -> ModelConfig:
-    """The verifier's config, or (without one) a stand-in built from the head's own config: its layer
+    """The verifier's config, or (without one) a stand-in built from the head's own config and tensors (as
+    `read_head_dir` gives them): its layer
     fields, the fused hidden size read off fc, and as many layers as the fused ids need."""
     if isinstance(verifier, Llama):
         return verifier.config
     if verifier is not None:
         return config_from_hf(read_json_config(verifier, "a verifier checkpoint directory"))
-    if is_speculators(cfg):
-        cfg, weights = original_layout(cfg, weights)
     fc = weights.get("fc.weight")
     if fc is None:
         raise ValueError("not an EAGLE head: no fc.weight")
@@ -135,9 +132,9 @@ class Speculator:
         if verifier is None and named.get("name_or_path") and local(named["name_or_path"]):
             verifier = named["name_or_path"]
         resolved = resolve_verifier(verifier if local(verifier) else None)  # a hub id is recorded, not read
-        weights = read_weights(path)
-        target = target_config(resolved, cfg, {k.removeprefix("model."): v for k, v in weights.items()})
-        head, state, own_embedding = read_head(path, target)
+        layout, weights = read_head_dir(path)  # the weights are read once, for the stand-in target and the head
+        target = target_config(resolved, layout, weights)
+        head, state, own_embedding = head_from(layout, weights, target)
         kind = "speculators" if is_speculators(cfg) else head.kind
         if algorithm not in ("auto", "hass") and algorithm != head.kind:
             raise ValueError(f"{path} holds an {head.kind} head, not {algorithm}")
@@ -152,12 +149,11 @@ class Speculator:
         else:
             info = Verifier(named.get("name_or_path"), list(named.get("architectures") or ["LlamaForCausalLM"]))
         floats = [v.dtype for v in weights.values() if v.is_floating_point()]
-        layer = cfg.get("transformer_layer_config") or cfg
         config = SpeculatorConfig(
             algorithm="hass" if algorithm == "hass" else head.kind, head=head, verifier=info, source=kind,
             dtype=floats[0] if floats else torch.float32, target_hidden_size=target.hidden_size,
             max_position_embeddings=max(head.layer.max_position_embeddings, target.max_position_embeddings),
-            bos_eos=(layer.get("bos_token_id"), layer.get("eos_token_id")))
+            bos_eos=(layout.get("bos_token_id"), layout.get("eos_token_id")))
         if not quiet:
             extras = [o for o in ("norm_before_fc", "fc_norm", "norm_before_residual", "norm_output")
                       if getattr(head, o)]

@@ -109,15 +109,26 @@ def check_head_dir(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def read_head_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A head directory's config and tensors as the original EAGLE layout names them (a speculators directory
+    mapped back), without `model.` prefixes or RoPE buffers."""
+    cfg = check_head_dir(path)
+    weights = {k.removeprefix("model."): v for k, v in read_weights(path).items()
+               if not k.endswith("rotary_emb.inv_freq")}
+    return original_layout(cfg, weights) if is_speculators(cfg) else (cfg, weights)
+
+
 def read_head(path: str | Path, target: ModelConfig) -> tuple[HeadConfig, dict[str, Tensor], bool]:
     """A head directory read and checked against the target's config: (its config, its tensors under specref's
     names, whether it has its own input embedding). Needs no target weights, so the command line runs it
     before building the target."""
-    cfg = check_head_dir(path)
-    weights = {k.removeprefix("model."): v for k, v in read_weights(path).items()
-               if not k.endswith(("rotary_emb.inv_freq", "t2d"))}
-    if is_speculators(cfg):
-        cfg, weights = original_layout(cfg, weights)
+    return head_from(*read_head_dir(path), target)
+
+
+def head_from(cfg: dict[str, Any], weights: dict[str, Tensor],
+              target: ModelConfig) -> tuple[HeadConfig, dict[str, Tensor], bool]:
+    """`read_head` on a config and tensors already read by `read_head_dir`."""
+    weights = {k: v for k, v in weights.items() if k != "t2d"}  # t2d only serves training
     config = head_config_from(cfg, weights, target)
     own_embedding = "embed_tokens.weight" in weights
     if own_embedding and tuple(weights["embed_tokens.weight"].shape) != (config.layer.vocab_size, config.hidden):

@@ -1,18 +1,16 @@
-"""Pictures of speculative decoding: a round in the terminal, a draft tree as SVG, acceptance and speed-up plots.
+"""Pictures of speculative decoding: a round in the terminal or as SVG, and a draft tree as SVG.
 
 `show_round` colours one round of the first sequence (`stats.Round`, from the loops' `trace=`): accepted drafts
 green, the rejected draft red and struck through, the emitted correction yellow or bonus blue; drafts after
-the rejection, never tried, grey. `tree_svg` draws a draft tree left to right, the target's probability of
-each node's token on its edge and the accepted path highlighted. Both are plain text (no dependency); the
-plots use matplotlib, an optional extra (`pip install "specref[bench]"`).
+the rejection, never tried, grey. `rounds_svg` draws the same as SVG lines, and `tree_svg` a draft tree left to
+right, the target's probability of each node's token on its edge and the accepted path highlighted. All are
+plain text: no dependency.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from html import escape
-from pathlib import Path
-from typing import Any
 
 from specref.stats import Round
 
@@ -120,26 +118,3 @@ def one_tree(r: Round, text: Callable[[int], str]) -> tuple[str, int, int]:
                  f'<text x="{emitted[0] + 4}" y="{emitted[1] + 14}">{escape(text(r.token)[:12])}</text>'
                  f'<text x="{emitted[0] + 94}" y="{emitted[1] + 14}" fill="#2a2">emitted</text>')
     return "".join(parts), 10 + (max(depth) + 2) * col, 20 + (bottom + 1) * row
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot, or a clear message saying how to install it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError('plots need matplotlib: pip install "specref[bench]" (or pip install matplotlib)') from None
-    return plt
-
-
-def acceptance_histogram(position_acceptance: Sequence[float], path: str | Path, title: str = "") -> None:
-    """Bar chart of the fraction of rounds whose i-th draft was accepted (`Stats.position_acceptance`)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(range(1, len(position_acceptance) + 1), position_acceptance, color="#4a4")
-    ax.set(xlabel="draft position i", ylabel="P(draft i accepted)", ylim=(0, 1), title=title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
