@@ -32,6 +32,18 @@ class Round(NamedTuple):
 Trace = Callable[[Round], None]
 
 
+def expected_tau(alpha: float, gamma: float) -> float:
+    """E[tokens per round] = (1 - alpha^(gamma+1)) / (1 - alpha) when each of gamma drafts is accepted
+    independently with probability alpha (Leviathan et al. 2023, §3): the accepted prefix plus one token."""
+    return gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def predicted_speedup(alpha: float, gamma: float, c: float) -> float:
+    """Wall-time speed-up over autoregressive decoding, E[tau] / (gamma c + 1): a round costs gamma draft steps
+    (c target steps each) and one target step, and yields E[tau] tokens (Leviathan et al. 2023, §3)."""
+    return expected_tau(alpha, gamma) / (gamma * c + 1)
+
+
 @dataclass
 class Stats:
     new_tokens: int = 0

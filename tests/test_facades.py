@@ -71,6 +71,15 @@ def test_gpt2_pair_runs_specref_sps_losslessly_and_greedy_equals_transformers(mo
     assert check_sampler(lambda p, n, s: ar, target.model, PROMPT, 3, T1, n=5000).passed
 
 
+def test_the_adapter_refuses_a_tree_path_gather(models):
+    """Its cache keeps token ids only: EAGLE's path gather would be ignored, so it is refused."""
+    cache = load_named(models["gpt2-draft"]).new_cache(1, 8)
+    cache.keep(torch.tensor([2]))
+    assert cache.lengths.tolist() == [2]
+    with pytest.raises(ValueError, match="not EAGLE's tree paths"):
+        cache.keep(torch.tensor([2]), start=torch.tensor([1]), rows=torch.tensor([[1, 2]]))
+
+
 def test_a_gpt2_draft_for_a_llama_target(models):
     target = load_named(models["llama-target"])
     draft = load_named(models["gpt2-draft"])

@@ -236,6 +236,10 @@ def test_generate_and_the_cli_accept_a_speculators_dir(tmp_path, target, verifie
                               params=SamplingParams(0.0))
     assert ids[0, 3:].tolist() == expected.token_ids[0]  # greedy: any tree gives greedy AR's tokens
     assert spec.generate([PROMPT, [2, 5]], max_length=6, verifier=target).shape == (2, 6)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
+        spec.generate([PROMPT], max_new_tokens=0, verifier=target)
+    with pytest.raises(ValueError, match="max_length 3 leaves no room"):
+        spec.generate([PROMPT], max_length=3, verifier=target)
     sampled = spec.generate([PROMPT], max_new_tokens=5, do_sample=True, temperature=0.7, top_k=3, seed=2)
     assert sampled.shape == (1, 8)
     main(["generate", "--target", str(verifier), "--method", "eagle", "--eagle", str(out), "--prompt-ids", "3,1,4",

@@ -227,6 +227,8 @@ class Speculator:
         if isinstance(input_ids, Tensor) and input_ids.dim() == 1:
             prompts = [prompts]
         longest = max(map(len, prompts), default=0)
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if max_new_tokens is None:
             max_new_tokens = max_length - longest if max_length is not None else 20
         if max_new_tokens < 1:

@@ -34,8 +34,11 @@ class TokenCache:
         self.tokens = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
 
-    def keep(self, lengths: Tensor, **_: Any) -> None:
-        """Forget every token past `lengths` (B,), as KVCache.keep drops K/V rows."""
+    def keep(self, lengths: Tensor, start: Tensor | None = None, rows: Tensor | None = None) -> None:
+        """Forget every token past `lengths` (B,), as KVCache.keep drops K/V rows. Gathering a tree's path
+        (`start`, `rows`) is EAGLE's, which needs a specref target: refused rather than silently ignored."""
+        if start is not None or rows is not None:
+            raise ValueError("a transformers model behind HFCausalLM serves SpS and AR, not EAGLE's tree paths")
         self.lengths = lengths.to(self.lengths.device, torch.long).clone()
 
 

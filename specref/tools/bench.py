@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ from specref.formats.eagle import load_head
 from specref.formats.hf import load_draft, load_model, load_tokenizer, standalone_draft, to_transformers
 from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
+from specref.stats import Stats, predicted_speedup
 from specref.tools.options import describe, parse_tree
+from specref.tools.plots import speculation_figure
 from specref.tools.timing import step_time, weight_read_floor
 from specref.tree import TreeSpec
 
@@ -59,20 +62,15 @@ def generate_peak_rss_gb(prompt: str, max_new_tokens: int, device: str) -> float
     return float(kib) / 2**20
 
 
-def predicted_speedup(alpha: float, gamma: int, c: float) -> float:
-    if alpha >= 1:
-        return (gamma + 1) / (gamma * c + 1)
-    return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
-
-
 GROUPS = ("sps", "assisted", "eagle")
 
 
 def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
           gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: tuple[float, ...] = (0.0, 1.0),
           device: str = "cpu", pack: bool = True, seed: int = 0, trees: tuple[str, ...] = ("dynamic", "static"),
-          groups: tuple[str, ...] = GROUPS) -> dict[str, Any]:
-    """Time the rows of `groups` (sps, assisted, eagle) beside the baselines HF AR and specref AR."""
+          groups: tuple[str, ...] = GROUPS, plot: str | None = None) -> dict[str, Any]:
+    """Time the rows of `groups` (sps, assisted, eagle) beside the baselines HF AR and specref AR; with `plot`,
+    draw them there (`tools/plots.py::speculation_figure`)."""
     from transformers import LlamaForCausalLM
 
     dev = torch.device(device)
@@ -99,7 +97,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
 
     def specref_run(method: int | TreeSpec | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
         """AR (None), SpS (gamma) or EAGLE (a tree) over the prompts."""
-        outs, tokens, seconds, accepted, tried, rounds, nodes = [], 0, 0.0, 0, 0, 0, 0
+        outs, tokens, seconds, accepted, tried, rounds, nodes, hist = [], 0, 0.0, 0, 0, 0, 0, []
         for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):  # rep -1: a short warm-up
             kw = {"max_new_tokens": max_new_tokens if rep >= 0 else 16, "params": params,
                   "seed": seed + 100 * (rep + 1) + i, "eos_token_ids": eos}
@@ -113,8 +111,10 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             tokens, seconds = tokens + g.stats.new_tokens, seconds + g.stats.wall_time
             accepted, tried = accepted + g.stats.accepted, tried + g.stats.tried
             rounds, nodes = rounds + g.stats.rounds, nodes + g.stats.tree_nodes
+            hist = [a + b for a, b in zip_longest(hist, g.stats.accept_hist, fillvalue=0)]
         return outs, {"tokens": tokens, "seconds": seconds, "alpha": accepted / tried if tried else None,
-                      "tau": tokens / rounds, "tree_size": nodes / rounds if nodes else None}
+                      "tau": tokens / rounds, "tree_size": nodes / rounds if nodes else None,
+                      "position_acceptance": Stats(accept_hist=hist).position_acceptance}
 
     def hf_run(assistant: Any, params: SamplingParams, rep: int, **extra: Any) -> tuple[list[list[int]], dict]:
         outs, tokens, seconds = [], 0, 0.0
@@ -165,14 +165,15 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             results.append({"method": name, "temperature": temp, "tokens_per_s": tps,
                             "tokens": runs[0]["tokens"], "alpha": alpha,
                             "tau": statistics.median(r["tau"] for r in runs) if runs[0]["tau"] else None,
-                            "tree_size": runs[0].get("tree_size")})
+                            "tree_size": runs[0].get("tree_size"),
+                            "position_acceptance": runs[0].get("position_acceptance")})
     for r in results:
         base = {m["method"]: m["tokens_per_s"] for m in results if m["temperature"] == r["temperature"]}
         r["speedup_vs_specref_ar"] = r["tokens_per_s"] / base["specref AR"]
         r["speedup_vs_hf_ar"] = r["tokens_per_s"] / base["HF AR"]
         if r["method"].startswith("specref SpS") and r["alpha"] is not None:
-            g = int(r["method"].split("=")[1])
-            r["predicted_speedup"] = predicted_speedup(r["alpha"], g, c)
+            r["gamma"] = int(r["method"].split("=")[1])
+            r["predicted_speedup"] = predicted_speedup(r["alpha"], r["gamma"], c)
     reference = greedy_outputs.get("HF AR")
     mismatches = {name: [i for i, (a, b) in enumerate(zip(outs, reference, strict=True)) if a != b]
                   for name, outs in greedy_outputs.items() if reference is not None}
@@ -185,8 +186,9 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
         "greedy_identical": all(not v for v in mismatches.values()), "rows": results,
     }
     (out_dir / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
-    chart(results, out_dir / "bench.png")
     print_table(summary)
+    if plot:
+        print(f"wrote {speculation_figure(results, c, plot, summary['machine'])}")
     return summary
 
 
@@ -213,25 +215,3 @@ def print_table(s: dict[str, Any]) -> None:
     same = "identical" if s["greedy_identical"] else f"NOT identical: {s['greedy_mismatches_vs_hf_ar']}"
     print(f"greedy outputs of all rows vs HF AR: {same}")
     print(f"peak memory of `python -m specref generate` on the default pair: {s['generate_peak_rss_gb']:.2f} GB")
-
-
-def chart(rows: list[dict[str, Any]], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("specref: matplotlib is not installed; no chart (pip install matplotlib)", file=sys.stderr)
-        return
-    temps = sorted({r["temperature"] for r in rows})
-    fig, axes = plt.subplots(1, len(temps), figsize=(7 * len(temps), 5), squeeze=False)
-    for ax, temp in zip(axes[0], temps, strict=True):
-        sel = [r for r in rows if r["temperature"] == temp]
-        colors = ["#999" if r["method"].startswith("HF") else "#2a6" for r in sel]
-        ax.barh([r["method"] for r in sel], [r["tokens_per_s"] for r in sel], color=colors)
-        ax.invert_yaxis()
-        ax.set_xlabel("tokens / s")
-        ax.set_title(f"T = {temp}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)

@@ -252,11 +252,12 @@ class CLI:
     def bench(self, out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
               gammas: Any = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: Any = (0.0, 1.0), device: str = "cpu",
               pack: bool = True, seed: int = 0, trees: Any = ("dynamic", "static"),
-              groups: Any = ("sps", "assisted", "eagle")) -> None:
+              groups: Any = ("sps", "assisted", "eagle"), plot: str | None = None) -> None:
         """Time HF generate(), specref AR, specref SpS (each --gammas), HF assisted generation and specref EAGLE
         (each --trees: dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa) on the default pair, in one
-        run on the held-out prompts; --groups picks among sps,assisted,eagle. Prints the table, writes
-        OUT/bench.json and OUT/bench.png."""
+        run on the held-out prompts; --groups picks among sps,assisted,eagle. Prints the table and writes
+        OUT/bench.json; --plot OUT.png draws tokens/s, τ and speed-up against γ (measured and predicted from α
+        and c) and the acceptance of each draft position (needs matplotlib)."""
         from specref.checks import check_count
         from specref.logits import SamplingParams
         from specref.tools.bench import GROUPS, bench
@@ -278,8 +279,16 @@ class CLI:
         group_list = tuple(comma_list(groups))
         if not set(group_list) <= set(GROUPS):
             raise ValueError(f"--groups must be among {','.join(GROUPS)}, got {groups!r}")
+        if plot is not None:
+            from specref.tools.plots import check_plot_path
+
+            try:
+                check_plot_path(plot)
+            except ImportError as e:
+                raise ValueError(str(e)) from None
         bench(out, prompts=prompts, max_new_tokens=max_new_tokens, repeats=repeats, gammas=gammas,
-              temperatures=temps, device=str(dev), pack=pack, seed=seed, trees=tree_list, groups=group_list)
+              temperatures=temps, device=str(dev), pack=pack, seed=seed, trees=tree_list, groups=group_list,
+              plot=plot)
 
     def calibrate(self, out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
                   pack: bool = True) -> None:
