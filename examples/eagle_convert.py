@@ -18,9 +18,10 @@ from specref.eagle_decode import generate
 from specref.formats.default_model import default_head_dir, default_target_dir
 from specref.formats.eagle import load_head
 from specref.formats.prompts import encode
-from specref.tools.plots import plot_acceptance, pyplot
+from specref.tools.plots import new_figure, plot_acceptance, save_figure
 from specref.tree import DEVICE_TREES, TreeSpec
 
+fig = new_figure(figsize=(7, 4))  # first: without matplotlib, say how to install it before any work
 tokens = 24 if os.environ.get("SPECREF_QUICK") else 64
 target = load_model(default_target_dir())
 tokenizer = load_tokenizer(default_target_dir())
@@ -40,19 +41,19 @@ rows = []
 trees = {"dynamic 6/3/4 (the CPU default)": DEVICE_TREES["cpu"],
          "static (EAGLE-1's 25 paths)": TreeSpec("static")}
 for name, tree in trees.items():
+    taus = []
     for which, h in (("shipped", head), ("converted", converted)):
         g = generate(target, h, prompt, tree=tree, max_new_tokens=tokens, params=greedy)
         assert g.token_ids[0] == ar, f"{which} head, {name}: greedy EAGLE must equal greedy AR"
+        taus.append(g.stats.tau)
         print(f"{name:32s} {which:9s} head: tau {g.stats.tau:.2f}, alpha {g.stats.alpha:.2f} per depth, "
               f"identical to greedy AR")
+    assert taus[0] == taus[1], "the converted head must draft the same trees"
     rows.append({"method": f"EAGLE, {name}", "alpha": g.stats.alpha,
                  "position_acceptance": g.stats.position_acceptance})
 print("answer:", tokenizer.decode(ar, skip_special_tokens=True))
 
-plt = pyplot()
-fig, ax = plt.subplots(figsize=(7, 4))
+ax = fig.subplots()
 plot_acceptance(ax, rows)
 ax.set_title("EAGLE on the default pair: how often each depth of the tree is accepted")
-fig.tight_layout()
-fig.savefig("eagle_acceptance.png", dpi=100)
-print("wrote eagle_acceptance.png")
+print("wrote", save_figure(fig, "eagle_acceptance.png"))

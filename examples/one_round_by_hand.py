@@ -10,7 +10,7 @@ import torch
 
 from specref import ModelConfig, SamplingParams, process_logits, random_model
 from specref._sampler import SeededCoin, chain_law, verify_chain
-from specref.tools.plots import pyplot
+from specref.tools.plots import new_figure, save_figure
 
 
 def config(hidden: int, layers: int) -> ModelConfig:
@@ -18,6 +18,7 @@ def config(hidden: int, layers: int) -> ModelConfig:
                        num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2)
 
 
+fig = new_figure(figsize=(10, 3.8))  # first: without matplotlib, say how to install it before any work
 torch.set_printoptions(precision=3, sci_mode=False)
 target = random_model(config(32, 2), seed=0, scale=3.0, dtype=torch.float64)
 draft = random_model(config(16, 1), seed=1, scale=3.0, dtype=torch.float64)
@@ -71,8 +72,7 @@ for x, qx in enumerate(q1.tolist()):
 print(f"  exact law of the first token over x_1 ~ q_1 (Rust's enumeration): {np.round(by_law, 3)}")
 assert np.allclose(by_law, p1.numpy(), atol=1e-12)
 
-plt = pyplot()
-fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+left, right = fig.subplots(1, 2)
 v = np.arange(4)
 left.bar(v - 0.2, q1, 0.4, color="#8ac", label="q (draft)")
 left.bar(v + 0.2, p1, 0.4, color="#555", label="p (target)")
@@ -86,6 +86,4 @@ right.plot(v, p1, "k_", markersize=30, markeredgewidth=2, label="p")
 right.set(title=f"what is emitted: min(p, q) + residual = p   (β = {beta:.2f})", xlabel="token", xticks=v)
 right.set_ylim(0, top)
 right.legend(loc="upper left", fontsize=8, markerscale=0.3)
-fig.tight_layout()
-fig.savefig("rejection.png", dpi=100)
-print("wrote rejection.png")
+print("wrote", save_figure(fig, "rejection.png"))

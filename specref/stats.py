@@ -2,15 +2,13 @@
 
 alpha = accepted / tried drafts, the per-position acceptance rate (a round tries drafts until the first
 rejection, so drafts after it are proposed but never tried; in a tree, a depth counts as tried once its
-children meet the test); tau = emitted tokens per verification round
-(tokens per target call for one sequence). Under i.i.d. acceptance with rate alpha and draft length gamma,
-E[tau] = (1 - alpha^(gamma+1)) / (1 - alpha), and the wall-time speed-up over autoregressive decoding is
-E[tau] / (gamma c + 1), c being the draft/target cost ratio (Leviathan et al. 2023, arXiv 2211.17192, §3.1-3.4).
+children meet the test); tau = emitted tokens per verification round (tokens per target call for one
+sequence). `expected_tau` and `predicted_speedup` say what alpha buys under i.i.d. acceptance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -32,16 +30,24 @@ class Round(NamedTuple):
 Trace = Callable[[Round], None]
 
 
-def expected_tau(alpha: float, gamma: float) -> float:
+def expected_tau(alpha: float, gamma: int) -> float:
     """E[tokens per round] = (1 - alpha^(gamma+1)) / (1 - alpha) when each of gamma drafts is accepted
-    independently with probability alpha (Leviathan et al. 2023, §3): the accepted prefix plus one token."""
+    independently with probability alpha (Leviathan et al. 2023, arXiv 2211.17192, §3): the accepted prefix
+    plus one token."""
     return gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def predicted_speedup(alpha: float, gamma: float, c: float) -> float:
+def predicted_speedup(alpha: float, gamma: int, c: float) -> float:
     """Wall-time speed-up over autoregressive decoding, E[tau] / (gamma c + 1): a round costs gamma draft steps
     (c target steps each) and one target step, and yields E[tau] tokens (Leviathan et al. 2023, §3)."""
     return expected_tau(alpha, gamma) / (gamma * c + 1)
+
+
+def position_acceptance(accept_hist: Sequence[int]) -> list[float]:
+    """Fraction of rounds whose i-th draft (i = 1..gamma; trees: i-th depth) was accepted, from the counts of
+    rounds that accepted exactly n drafts."""
+    total = sum(accept_hist)
+    return [sum(accept_hist[i:]) / total for i in range(1, len(accept_hist))] if total else []
 
 
 @dataclass
@@ -77,9 +83,7 @@ class Stats:
 
     @property
     def position_acceptance(self) -> list[float]:
-        """Fraction of rounds whose i-th draft (i = 1..gamma) was accepted."""
-        total = sum(self.accept_hist)
-        return [sum(self.accept_hist[i:]) / total for i in range(1, len(self.accept_hist))] if total else []
+        return position_acceptance(self.accept_hist)
 
     def record_round(self, proposed_per_row: int, accepted: list[int]) -> None:
         """Book one verification round of len(accepted) sequences that each proposed `proposed_per_row`."""

@@ -9,7 +9,8 @@ Rows, all on the same held-out prompts (chat template, batch 1) and settings:
   specref EAGLE  tree speculation with the shipped EAGLE head, for each tree of --trees
 Each row reports tokens/s (median of the repeats), the speed-up over specref AR and over HF AR, alpha, tau,
 and beside the measured SpS speed-up the one predicted from alpha and the cost ratio c = draft step time /
-target step time (Leviathan et al. 2023, §3.4): (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)).
+target step time (`stats.predicted_speedup`). Speeds are the median repeat; alpha, tau and the acceptance of
+each draft position are pooled over all repeats.
 Greedy outputs of every row are compared token by token.
 """
 
@@ -34,9 +35,9 @@ from specref.formats.eagle import load_head
 from specref.formats.hf import load_draft, load_model, load_tokenizer, standalone_draft, to_transformers
 from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
-from specref.stats import Stats, predicted_speedup
+from specref.stats import position_acceptance, predicted_speedup
 from specref.tools.options import describe, parse_tree
-from specref.tools.plots import speculation_figure
+from specref.tools.plots import check_plot_path, speculation_figure
 from specref.tools.timing import step_time, weight_read_floor
 from specref.tree import TreeSpec
 
@@ -73,6 +74,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     draw them there (`tools/plots.py::speculation_figure`)."""
     from transformers import LlamaForCausalLM
 
+    if plot is not None:
+        check_plot_path(plot)  # before an hour of measuring, not after
     dev = torch.device(device)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
 
     def specref_run(method: int | TreeSpec | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
         """AR (None), SpS (gamma) or EAGLE (a tree) over the prompts."""
-        outs, tokens, seconds, accepted, tried, rounds, nodes, hist = [], 0, 0.0, 0, 0, 0, 0, []
+        outs, seconds, hist = [], 0.0, []
+        counts = dict.fromkeys(("tokens", "accepted", "tried", "rounds", "nodes"), 0)
         for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):  # rep -1: a short warm-up
             kw = {"max_new_tokens": max_new_tokens if rep >= 0 else 16, "params": params,
                   "seed": seed + 100 * (rep + 1) + i, "eos_token_ids": eos}
@@ -108,13 +112,12 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             else:
                 g = sps.generate(target, draft, ids, gamma=method, **kw)
             outs.append(g.token_ids[0])
-            tokens, seconds = tokens + g.stats.new_tokens, seconds + g.stats.wall_time
-            accepted, tried = accepted + g.stats.accepted, tried + g.stats.tried
-            rounds, nodes = rounds + g.stats.rounds, nodes + g.stats.tree_nodes
+            seconds += g.stats.wall_time
+            for key, value in zip(counts, (g.stats.new_tokens, g.stats.accepted, g.stats.tried, g.stats.rounds,
+                                           g.stats.tree_nodes), strict=True):
+                counts[key] += value
             hist = [a + b for a, b in zip_longest(hist, g.stats.accept_hist, fillvalue=0)]
-        return outs, {"tokens": tokens, "seconds": seconds, "alpha": accepted / tried if tried else None,
-                      "tau": tokens / rounds, "tree_size": nodes / rounds if nodes else None,
-                      "position_acceptance": Stats(accept_hist=hist).position_acceptance}
+        return outs, {**counts, "seconds": seconds, "hist": hist}
 
     def hf_run(assistant: Any, params: SamplingParams, rep: int, **extra: Any) -> tuple[list[list[int]], dict]:
         outs, tokens, seconds = [], 0, 0.0
@@ -134,7 +137,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             new = y[0, len(ids):].tolist()
             outs.append(new)
             tokens += len(new)
-        return outs, {"tokens": tokens, "seconds": seconds, "alpha": None, "tau": None}
+        return outs, {"tokens": tokens, "seconds": seconds}
 
     rows: list[tuple[str, float, Any]] = []
     for temp in temperatures:
@@ -160,13 +163,16 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
                 bar.update(1)
                 if temp == 0 and rep == 0:
                     greedy_outputs[name] = outs
-            tps = statistics.median(r["tokens"] / r["seconds"] for r in runs)
-            alpha = runs[0]["alpha"]
-            results.append({"method": name, "temperature": temp, "tokens_per_s": tps,
-                            "tokens": runs[0]["tokens"], "alpha": alpha,
-                            "tau": statistics.median(r["tau"] for r in runs) if runs[0]["tau"] else None,
-                            "tree_size": runs[0].get("tree_size"),
-                            "position_acceptance": runs[0].get("position_acceptance")})
+            # speed: the median repeat; acceptance: pooled over every repeat, so alpha, tau and the position
+            # acceptance describe the same rounds
+            n = {k: sum(r.get(k, 0) for r in runs) for k in ("tokens", "accepted", "tried", "rounds", "nodes")}
+            hist = [sum(col) for col in zip_longest(*(r.get("hist", []) for r in runs), fillvalue=0)]
+            results.append({"method": name, "temperature": temp,
+                            "tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
+                            "tokens": runs[0]["tokens"], "alpha": n["accepted"] / n["tried"] if n["tried"] else None,
+                            "tau": n["tokens"] / n["rounds"] if n["rounds"] else None,
+                            "tree_size": n["nodes"] / n["rounds"] if n["nodes"] else None,
+                            "position_acceptance": position_acceptance(hist) or None})
     for r in results:
         base = {m["method"]: m["tokens_per_s"] for m in results if m["temperature"] == r["temperature"]}
         r["speedup_vs_specref_ar"] = r["tokens_per_s"] / base["specref AR"]
@@ -188,7 +194,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     (out_dir / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_table(summary)
     if plot:
-        print(f"wrote {speculation_figure(results, c, plot, summary['machine'])}")
+        speculation_figure(results, c, plot, summary["machine"])
+        print(f"wrote {plot}")
     return summary
 
 

@@ -1,9 +1,10 @@
-"""Plots of a benchmark or a γ sweep: tokens/s, τ and speed-up against γ beside the curves predicted from α
-and c, and the acceptance of each draft position (matplotlib, an optional extra).
+"""Plots of a benchmark or a γ sweep: tokens/s, τ and speed-up against γ beside what α and c predict, and the
+acceptance of each draft position (matplotlib, an optional extra).
 
 The rows are `python -m specref bench`'s (`bench.json`'s "rows"): method, temperature, tokens_per_s,
-speedup_vs_specref_ar, alpha, tau, and for speculative rows gamma (SpS) and position_acceptance (the fraction
-of rounds whose i-th draft, or i-th tree depth, was accepted).
+speedup_vs_specref_ar, and for speculative rows alpha, tau, position_acceptance (the fraction of rounds whose
+i-th draft, or i-th tree depth, was accepted) and, for SpS, gamma. Figures are built without pyplot, so
+drawing one never changes the backend or the open figures of a notebook that imports specref.
 """
 
 from __future__ import annotations
@@ -16,26 +17,35 @@ from specref.formats.files import atomic_file
 from specref.stats import expected_tau, predicted_speedup
 
 INSTALL = "plots need matplotlib, an optional extra: pip install 'specref[plot]' (or pip install matplotlib)"
+SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def pyplot() -> Any:
-    """matplotlib.pyplot on the file-only Agg backend, or an ImportError that says how to install it."""
+def new_figure(**kw: Any) -> Any:
+    """A matplotlib Figure (keywords as Figure's), or an ImportError that says how to install matplotlib.
+    Examples create theirs first, so a missing matplotlib is reported before any model work."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(INSTALL) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return Figure(**kw)
 
-    return plt
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write `fig` all or nothing, in the format its suffix names (.png, .svg or .pdf)."""
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower(), dpi=100)
+    return path
 
 
 def check_plot_path(path: str | Path) -> Path:
     """Refuse, before any model work, a plot that could not be written: matplotlib missing (ImportError saying
-    how to install it), a suffix matplotlib cannot write or a directory that does not exist (ValueError)."""
-    pyplot()
+    how to install it), a suffix other than .png, .svg or .pdf, or a directory that does not exist
+    (ValueError)."""
+    new_figure()
     path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+    if path.suffix.lower() not in SUFFIXES:
         raise ValueError(f"--plot {path}: write a .png, .svg or .pdf file")
     if not path.resolve().parent.is_dir():
         raise ValueError(f"--plot {path}: its directory does not exist")
@@ -51,26 +61,25 @@ def plot_tokens(ax: Any, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def plot_gamma_sweep(ax_tau: Any, ax_speed: Any, rows: Sequence[dict[str, Any]], c: float) -> None:
-    """Measured τ and speed-up of the SpS rows against γ, and the curves predicted from their mean α and c:
-    τ = (1 − α^(γ+1)) / (1 − α) and speed-up = τ / (γc + 1)."""
+    """Measured τ and speed-up of the SpS rows against γ, beside what each row's own α predicts:
+    τ = (1 − α^(γ+1)) / (1 − α) and speed-up = τ / (γc + 1) (`stats.expected_tau`, `stats.predicted_speedup`)."""
     sweep = sorted((r for r in rows if r.get("gamma") and r.get("alpha") is not None), key=lambda r: r["gamma"])
     if not sweep:
         for ax in (ax_tau, ax_speed):
             ax.text(0.5, 0.5, "no SpS rows", ha="center", transform=ax.transAxes)
         return
-    alpha = sum(r["alpha"] for r in sweep) / len(sweep)
     gammas = [r["gamma"] for r in sweep]
-    grid = [1 + i * (max(gammas) + 1 - 1) / 100 for i in range(101)]
-    ax_tau.plot(grid, [expected_tau(alpha, g) for g in grid], "--", color="#888", label=f"predicted, α = {alpha:.2f}")
+    ax_tau.plot(gammas, [expected_tau(r["alpha"], r["gamma"]) for r in sweep], "s--", color="#888", mfc="none",
+                label="predicted from each row's α")
     ax_tau.plot(gammas, [r["tau"] for r in sweep], "o", color="#2a6", label="measured")
     ax_tau.set(xlabel="γ (drafts per round)", ylabel="τ (tokens per target call)")
-    ax_speed.plot(grid, [predicted_speedup(alpha, g, c) for g in grid], "--", color="#888",
-                  label=f"predicted, α = {alpha:.2f}, c = {c:.3f}")
+    ax_speed.plot(gammas, [predicted_speedup(r["alpha"], r["gamma"], c) for r in sweep], "s--", color="#888",
+                  mfc="none", label=f"predicted from α and c = {c:.3f}")
     ax_speed.plot(gammas, [r["speedup_vs_specref_ar"] for r in sweep], "o", color="#2a6", label="measured")
     ax_speed.axhline(1.0, color="#c22", linewidth=0.8)
     ax_speed.set(xlabel="γ (drafts per round)", ylabel="speed-up over specref AR")
     for ax in (ax_tau, ax_speed):
-        ax.set_xticks(range(1, max(gammas) + 2))
+        ax.set_xticks(gammas)
         ax.legend(fontsize=8)
 
 
@@ -93,13 +102,16 @@ def plot_acceptance(ax: Any, rows: Sequence[dict[str, Any]]) -> None:
     ax.legend(fontsize=7)
 
 
-def speculation_figure(rows: Sequence[dict[str, Any]], c: float, path: str | Path, title: str = "") -> Path:
-    """One PNG (or SVG, by suffix) per run: for each temperature a line of four panels, tokens/s, τ vs γ,
-    speed-up vs γ, acceptance per position. Of the speculative rows the acceptance panel shows the SpS row with
-    the largest γ and every EAGLE row."""
-    plt = pyplot()
+PANELS = ("tokens/s", "τ against γ", "speed-up against γ", "acceptance per position")
+
+
+def speculation_figure(rows: Sequence[dict[str, Any]], c: float, path: str | Path, title: str = "") -> Any:
+    """Draw the rows and write them to `path` (.png, .svg or .pdf); return the figure. For each temperature one
+    line of panels: tokens/s, τ against γ, speed-up against γ, acceptance per position (of the SpS row with the
+    largest γ and of every EAGLE row)."""
     temps = sorted({r["temperature"] for r in rows})
-    fig, axes = plt.subplots(len(temps), 4, figsize=(24, 5 * len(temps)), squeeze=False)
+    fig = new_figure(figsize=(24, 5 * len(temps)))
+    axes = fig.subplots(len(temps), len(PANELS), squeeze=False)
     for line, temp in zip(axes, temps, strict=True):
         sel = [r for r in rows if r["temperature"] == temp]
         sps_rows = [r for r in sel if r.get("gamma")]
@@ -107,14 +119,9 @@ def speculation_figure(rows: Sequence[dict[str, Any]], c: float, path: str | Pat
         plot_gamma_sweep(line[1], line[2], sel, c)
         widest = [max(sps_rows, key=lambda r: r["gamma"])] if sps_rows else []
         plot_acceptance(line[3], widest + [r for r in sel if "EAGLE" in r["method"]])
-        for ax, name in zip(line, ("tokens/s", "τ against γ", "speed-up against γ", "acceptance per position"),
-                            strict=True):
+        for ax, name in zip(line, PANELS, strict=True):
             ax.set_title(f"{name}, T = {temp:g}")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=100)
-    plt.close(fig)
-    return path
+    save_figure(fig, path)
+    return fig
