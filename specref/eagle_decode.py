@@ -7,8 +7,9 @@ One round, with x_0..x_{L-1} committed (the target cache holds all but the last,
             draft's top-ranked tokens;
     score   the target runs [root, nodes] at positions L-1 + depth under the ancestor mask: p per node;
     verify  δ-verification, node by node: accept child x with the residual probability r(x), else zero r(x)
-            and renormalise; stop with y ~ r (Li et al. 2024, EAGLE-2; lossless.md Lemma 2). Top-ranked
-            children are chosen without the target's randomness, so they need no q ratio;
+            and renormalise; stop with y ~ r (Li et al. 2024, EAGLE-2). Top-ranked children are chosen
+            without the target's randomness, so they need no q ratio; children a static tree sampled from the
+            head's q take recursive rejection sampling instead (accept with min(1, r/q), r <- norm((r - q)+));
     keep    the target's K/V rows of the accepted path are gathered into place (`KVCache.keep`); the head
             re-reads the accepted tokens with the target's real features, and its tree rows are dropped.
 
@@ -36,9 +37,7 @@ from specref.model import Llama, Output
 from specref.seeds import streams
 from specref.sequences import Sequences, Stream
 from specref.stats import Generation, Round, Stats, Trace
-from specref.tree import TreeSpec, grow_dynamic, grow_static, tree_buffers
-
-DETERMINISTIC = 0  # the verifier's kind code for children chosen without randomness: δ-verification
+from specref.tree import Tree, TreeSpec, grow_dynamic, grow_static, tree_buffers
 
 
 def last_of(x: Tensor, count: np.ndarray) -> Tensor:
@@ -63,15 +62,17 @@ def prefill(target: Llama, head: EagleHead, tcache: KVCache, hcache: KVCache, se
 
 
 def grow(tree: TreeSpec, head: EagleHead, hcache: KVCache, root_g: Tensor, root_logits: Tensor,
-         lengths: np.ndarray) -> tuple[np.ndarray, Tensor]:
-    """Grow: parents (B, n) and tokens (B, n) of this round's trees. The head's tree rows are scratch."""
+         lengths: np.ndarray, params: SamplingParams, generator: torch.Generator) -> Tree:
+    """Grow: this round's trees (top-ranked children, or sampled ones for a sampled static tree at T > 0, where
+    q one-hot would allow only one child). The head's tree rows are scratch."""
     root_pos = torch.from_numpy(lengths - 2).to(root_g.device)[:, None]
     if tree.kind == "static":
-        parents, tokens = grow_static(tree.choices, head, hcache, root_g, root_logits, root_pos)
+        sampling = (params, generator) if tree.children == "sampled" and not params.greedy else None
+        drafted = grow_static(tree.choices, head, hcache, root_g, root_logits, root_pos, sampling)
     else:
-        parents, tokens = grow_dynamic(tree, head, hcache, root_g, root_logits, root_pos)
+        drafted = grow_dynamic(tree, head, hcache, root_g, root_logits, root_pos)
     hcache.keep(torch.from_numpy(lengths - 1))
-    return parents, tokens
+    return drafted
 
 
 def score(target: Llama, tcache: KVCache, taps: tuple[int, ...], parents: np.ndarray, tokens: Tensor,
@@ -129,20 +130,21 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
     if min(map(len, prompts)) < 2:
         raise ValueError("EAGLE decoding needs prompts of at least 2 tokens (the head reads a target feature)")
     start, stats = time.perf_counter(), Stats()
-    _, coin = streams(seed, target.device)
+    gen, coin = streams(seed, target.device)  # gen draws sampled children, coin makes the verifier's decisions
     seqs = Sequences(prompts, max_new_tokens, eos_token_ids, stream)
     capacity = int(seqs.limits.max()) + tree.scratch_rows
-    check_fits(round_bytes(len(prompts) * tree.nodes, target.config.vocab_size), f"probabilities of {tree.nodes} nodes")
+    rows = len(prompts) * tree.nodes * (2 if tree.children == "sampled" else 1)  # p, and q for sampled children
+    check_fits(round_bytes(rows, target.config.vocab_size), f"probabilities of {tree.nodes} nodes")
     tcache, hcache = target.new_cache(len(prompts), capacity), head.new_cache(len(prompts), capacity)
     root_g, root_logits = prefill(target, head, tcache, hcache, seqs)
     while seqs.active.any():
         lengths = seqs.lengths.copy()
-        parents, tokens = grow(tree, head, hcache, root_g, root_logits, lengths)  # 1. grow
+        parents, tokens, kinds, q = grow(tree, head, hcache, root_g, root_logits, lengths, params, gen)  # 1. grow
         tokens[:, 0] = torch.from_numpy(seqs.last(1)[0][:, 0]).to(tokens.device)  # the root is the last token
         out = score(target, tcache, head.target_layers, parents, tokens, lengths)  # 2. score
         p, tok = process_logits(out.logits, params).cpu().numpy(), tokens.cpu().numpy()
-        kinds = np.full_like(parents, DETERMINISTIC)
-        path, path_len, token, _ = verify_tree(parents, tok, kinds, p, None, coin)  # 3. verify
+        q = None if q is None else q.cpu().numpy()
+        path, path_len, token, _ = verify_tree(parents, tok, kinds, p, q, coin)  # 3. verify
         kept = accepted_path(tok, path, path_len, token)
         if trace is not None and seqs.active[0]:  # the first tree, each node's p given its parent (pictures)
             trace(Round(tok[0].tolist(), path[0, :path_len[0]].tolist(), int(token[0]), parents[0].tolist(),

@@ -10,14 +10,20 @@ forward score every node, the path to keep) derives from the parent array, in `s
   levels, score every candidate by its path's cumulative draft log-probability, and keep the
   `total_tokens - 1` best. A child never scores above its parent, so the kept set is a tree.
 
-Children here are always the draft's top-ranked tokens: deterministic given the context, so verification
-uses delta-verification (accept child x with the residual target probability r(x)), never a q ratio.
+Children are the draft's top-ranked tokens by default: deterministic given the context, so verification
+uses delta-verification (accept child x with the residual target probability r(x)), never a q ratio. A static
+tree may instead *sample* its children at T > 0 (`children="sampled"`): each node's children are draws one
+after another without replacement from the head's law q, verified by recursive rejection sampling against q
+(SpecInfer, Miao et al. 2024). At T = 1 a top-ranked child is accepted with probability p(x), a sampled one
+with sum min(p, q), which is larger when the laws are flat and alike. EAGLE-2's dynamic trees keep the
+candidates with the best scores, which would bias sampled ones, so they always take top-ranked children.
 """
 
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +32,7 @@ from torch import Tensor
 from specref.checks import check_count
 from specref.eagle import EagleHead
 from specref.kv_cache import KVCache
+from specref.logits import SamplingParams, process_logits
 
 # SafeAILab/EAGLE's default (named `mc_sim_7b_63` there): 25 paths, 4 / 8 / 8 / 3 / 2 nodes at depths 1-5.
 DEFAULT_CHOICES: list[list[int]] = [
@@ -43,7 +50,23 @@ MEDUSA_CHOICES: list[list[int]] = [
     [2, 0, 0], [3, 1], [2, 2], [8, 0], [0, 5, 0], [1, 5], [1, 0, 1], [0, 2, 1], [9, 0], [0, 6, 0], [0, 0, 0, 2],
     [1, 6], [0, 7, 0],
 ]
+# A small tree for CPUs, the size of the CPU's default dynamic tree: 3 / 3 / 1 nodes at depths 1-3, siblings
+# ranked 0..m-1 so that it can also sample its children.
+SMALL_CHOICES: list[list[int]] = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]]
 MAX_TREE_NODES = 4096  # a static tree larger than this is surely a mistake, and its n x n mask would be huge
+# The verifier's codes for how a node's children were drafted (rust_sampler/src/tree.rs::Kind).
+DETERMINISTIC, WITHOUT_REPLACEMENT = 0, 2
+
+
+class Tree(NamedTuple):
+    """One round's drafted trees: parents (B, n), tokens (B, n; column 0 the root's placeholder), kinds (B, n)
+    how each node's children were drafted, and q (B, n, V) the law each sampled node's children were drawn
+    from (None when every node's children are top-ranked)."""
+
+    parents: np.ndarray
+    tokens: Tensor
+    kinds: np.ndarray
+    q: Tensor | None = None
 
 
 def static_tree(choices: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -118,16 +141,29 @@ class TreeSpec:
     total_tokens: int = 16  # dynamic: nodes verified per round, root included
     depth: int = 4  # dynamic: expansion rounds
     top_k: int = 4  # dynamic: children per expanded node and nodes expanded per level
+    children: str = "top"  # "top": the head's top-ranked tokens; "sampled" (static, T > 0): drawn from q
 
     def __post_init__(self) -> None:
         if self.kind not in ("static", "dynamic"):
-            raise ValueError(f"tree must be static or dynamic, got {self.kind!r}")
+            raise ValueError(f"tree must be static or dynamic (or sampled: static with sampled children), got "
+                             f"{self.kind!r}")
         for name in ("total_tokens", "depth", "top_k"):
             check_count(name, getattr(self, name))
+        if self.children not in ("top", "sampled"):
+            raise ValueError(f"children must be top or sampled, got {self.children!r}")
+        if self.children == "sampled" and self.kind != "static":
+            raise ValueError("sampled children need a static tree: a dynamic tree keeps its best-scoring candidates, "
+                             "which would bias sampled ones")
         if self.kind == "static":
             if not self.choices:
                 raise ValueError("choices is empty: a static tree needs at least one path")
-            static_tree(self.choices)  # raises ValueError naming a malformed path
+            parents, ranks = static_tree(self.choices)  # raises ValueError naming a malformed path
+            if self.children == "sampled":
+                for node in range(len(parents)):
+                    got = sorted(ranks[parents == node].tolist())
+                    if got != list(range(len(got))):
+                        raise ValueError(f"sampled children are the first draws in order: the children of a node "
+                                         f"must have ranks 0..m-1, but one has ranks {got}")
 
     def check_vocab(self, vocab: int) -> None:
         """Refuse a tree that asks for a child rank the vocabulary does not have, before any model work."""
@@ -158,10 +194,24 @@ DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
                 "cuda": TreeSpec(total_tokens=60, depth=5, top_k=10)}
 
 
+def sample_children(logits: Tensor, m: int, params: SamplingParams, generator: torch.Generator
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """m children per row, drawn one after another without replacement from q = process_logits(logits): the
+    Gumbel-top-k trick (Kool et al. 2019, arXiv 1903.06059), whose keys log q + Gumbel noise, sorted, are such
+    a sequence of draws. Rows whose q has fewer than m tokens take their m top-ranked tokens instead (a set
+    chosen from q alone, so delta-verification keeps them lossless). Returns tokens (B, m), q (B, V) and
+    whether each row sampled (B,)."""
+    q = process_logits(logits, params)
+    noise = -torch.log(-torch.log(torch.rand(q.shape, generator=generator, device=q.device).clamp_min(1e-30)))
+    drawn = (q.log() + noise).topk(m, dim=-1).indices
+    sampled = (q > 0).sum(-1) >= m
+    return torch.where(sampled[:, None], drawn, logits.topk(m, dim=-1).indices), q, sampled
+
+
 def grow_static(choices: list[list[int]], head: EagleHead, cache: KVCache, root_g: Tensor, root_logits: Tensor,
-                root_pos: Tensor) -> tuple[np.ndarray, Tensor]:
-    """Tokens of a static tree: node i takes rank ranks[i] of its parent's draft logits. Returns parents (B, n)
-    and tokens (B, n) (column 0 is a placeholder for the root). Only nodes with children run the head."""
+                root_pos: Tensor, sampling: tuple[SamplingParams, torch.Generator] | None = None) -> Tree:
+    """A static tree: node i takes rank ranks[i] of its parent's draft logits or, with `sampling`, the
+    ranks[i]-th of its parent's children drawn by `sample_children`. Only nodes with children run the head."""
     parents, ranks = static_tree(choices)
     depth, mask = tree_buffers(parents)
     n, b = len(parents), root_g.shape[0]
@@ -169,11 +219,21 @@ def grow_static(choices: list[list[int]], head: EagleHead, cache: KVCache, root_
     g = root_g.new_zeros(b, n, root_g.shape[-1])
     logits = root_logits.new_zeros(b, n, root_logits.shape[-1])
     g[:, 0], logits[:, 0] = root_g, root_logits
+    kinds = np.full((b, n), DETERMINISTIC, dtype=np.int64)
+    law_dtype = torch.promote_types(root_logits.dtype, torch.float32)  # process_logits' dtype: no q rounds to 0
+    q = logits.new_zeros(b, n, logits.shape[-1], dtype=law_dtype) if sampling else None
     expanded: list[int] = []  # nodes whose head step is in the cache this round, in cache order
     for level in range(1, int(depth.max()) + 1):
         nodes = np.flatnonzero(depth == level)
-        for i in nodes:
-            tokens[:, i] = logits[:, parents[i]].topk(int(ranks[i]) + 1, dim=-1).indices[:, -1]
+        for par in sorted(set(parents[nodes].tolist())):
+            kids = nodes[parents[nodes] == par]
+            m = int(ranks[kids].max()) + 1
+            if q is None:
+                drawn = logits[:, par].topk(m, dim=-1).indices
+            else:
+                drawn, q[:, par], sampled = sample_children(logits[:, par], m, *sampling)
+                kinds[:, par] = np.where(sampled.cpu().numpy(), WITHOUT_REPLACEMENT, DETERMINISTIC)
+            tokens[:, kids] = drawn[:, torch.from_numpy(ranks[kids]).to(drawn.device)]
         parents_of_next = set(parents[depth == level + 1].tolist())
         stepped = [int(i) for i in nodes if i in parents_of_next]
         if not stepped:
@@ -185,11 +245,11 @@ def grow_static(choices: list[list[int]], head: EagleHead, cache: KVCache, root_
                                  cache, sub[None])
         g[:, stepped], logits[:, stepped] = out_g, out_logits
         expanded = cols
-    return np.broadcast_to(parents, (b, n)).copy(), tokens
+    return Tree(np.broadcast_to(parents, (b, n)).copy(), tokens, kinds, q)
 
 
 def grow_dynamic(spec: TreeSpec, head: EagleHead, cache: KVCache, root_g: Tensor, root_logits: Tensor,
-                 root_pos: Tensor) -> tuple[np.ndarray, Tensor]:
+                 root_pos: Tensor) -> Tree:
     """EAGLE-2's dynamic tree, per sequence: parents (B, n) and tokens (B, n), n = total_tokens."""
     b, k, dev = root_g.shape[0], spec.top_k, root_g.device
     top = root_logits.float().log_softmax(-1).topk(k, dim=-1)
@@ -225,8 +285,9 @@ def grow_dynamic(spec: TreeSpec, head: EagleHead, cache: KVCache, root_g: Tensor
         best = scores[-1].topk(k, dim=-1).indices
         frontier = start + best
         front_g = out_g.gather(1, (best // k)[..., None].expand(b, k, out_g.shape[-1]))
-    return select(spec.total_tokens, torch.cat(tokens, 1), torch.cat(scores, 1), torch.cat(parent, 1),
-                  torch.cat(depth, 1))
+    parents, kept = select(spec.total_tokens, torch.cat(tokens, 1), torch.cat(scores, 1), torch.cat(parent, 1),
+                           torch.cat(depth, 1))
+    return Tree(parents, kept, np.full_like(parents, DETERMINISTIC))
 
 
 def select(total: int, tokens: Tensor, scores: Tensor, parent: Tensor, depth: Tensor) -> tuple[np.ndarray, Tensor]:

@@ -205,7 +205,8 @@ def heads(checkpoints, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("kind", "tree"), [("eagle", ["--tree", "static", "--choices", "medusa"]),
-                                            ("eagle3", ["--total-tokens", "6", "--depth", "3", "--tree-top-k", "2"])])
+                                            ("eagle3", ["--total-tokens", "6", "--depth", "3", "--tree-top-k", "2"]),
+                                            ("eagle", ["--tree", "sampled", "--choices", "small"])])
 def test_eagle_from_the_command_line(checkpoints, heads, kind, tree):
     target, _ = checkpoints
     common = ["--target", str(target), "--prompt-ids", "3,4,5", "--max-new-tokens", "12", "--output", "json",
@@ -216,7 +217,8 @@ def test_eagle_from_the_command_line(checkpoints, heads, kind, tree):
     api = generate_ar(load_model(target), [3, 4, 5], max_new_tokens=12, params=SamplingParams(0.0),
                       eos_token_ids=[2])
     assert record["token_ids"] == api.token_ids
-    assert record["stats"]["tree_size"] == (63 if kind == "eagle" else 5) and record["stats"]["target_calls"] > 0
+    size = {"medusa": 63, "small": 7}.get(tree[-1], 5)
+    assert record["stats"]["tree_size"] == size and record["stats"]["target_calls"] > 0
     sampled = run_cli(*common, "--temperature", "0.9", "--top-p", "0.9", "--num-samples", "3", "--seed", "4")
     assert sampled.returncode == 0, sampled.stderr
     assert json.loads(sampled.stdout)["token_ids"] == json.loads(run_cli(*sampled.args[4:]).stdout)["token_ids"]
@@ -231,6 +233,7 @@ EAGLE_BAD = [
     ({"tree": "static", "choices": [[0], [1, 1]]}, "no parent"),
     ({"tree": "static", "choices": [[0], [-1]]}, "rank -1"),
     ({"tree": "static", "choices": [[0], [0]]}, "repeats"),
+    ({"tree": "sampled", "choices": [[0], [2]]}, "ranks 0..m-1"),
 ]
 
 

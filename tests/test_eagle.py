@@ -21,13 +21,15 @@ LENGTH = 3
 PROMPT = [3, 1, 4]
 SMALL_STATIC = TreeSpec("static", choices=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]])
 SMALL_DYNAMIC = TreeSpec("dynamic", total_tokens=7, depth=2, top_k=2)
+SMALL_SAMPLED = TreeSpec("static", choices=SMALL_STATIC.choices, children="sampled")
 GREEDY = SamplingParams(0.0)
 
 
-def head_for(target, kind: str, seed: int = 5):
+def head_for(target, kind: str, seed: int = 5, scale: float = 3.0):
+    """A random head; scale 3 makes peaked draft laws (like a trained head's), a small scale flat ones."""
     taps = (0, 1, 1) if kind == "eagle3" else None
     vd = 6 if kind == "eagle3" else None  # EAGLE-3 drafts from a reduced vocabulary
-    return random_head(kind, target, seed, layer_ids=taps, draft_vocab_size=vd, scale=3.0)
+    return random_head(kind, target, seed, layer_ids=taps, draft_vocab_size=vd, scale=scale)
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +42,14 @@ CASES = [
     ("eagle", SMALL_DYNAMIC, SamplingParams(0.7, top_k=4)),
     ("eagle3", SMALL_STATIC, SamplingParams(0.7, top_p=0.85)),
     ("eagle3", SMALL_DYNAMIC, SamplingParams(1.0, top_k=5, top_p=0.9)),
+    ("eagle", SMALL_SAMPLED, SamplingParams(1.0)),
+    ("eagle3", SMALL_SAMPLED, SamplingParams(0.7, top_p=0.8)),  # small supports: some nodes fall back to top ranks
 ]
 
 
 @pytest.mark.parametrize(("kind", "tree", "params"), CASES)
 def test_eagle_sampling_matches_exact_law(target, kind, tree, params):
-    head = head_for(target, kind)
+    head = head_for(target, kind, scale=0.5 if tree.children == "sampled" else 3.0)  # flat q: varied draws
     out = generate_eagle(target, head, PROMPT, tree=tree, max_new_tokens=LENGTH, params=params, seed=7,
                          num_samples=N)
     assert all(len(s) == LENGTH for s in out.token_ids)
@@ -56,11 +60,11 @@ def test_eagle_sampling_matches_exact_law(target, kind, tree, params):
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)
-@given(kind=st.sampled_from(["eagle", "eagle3"]), static=st.booleans(), seed=st.integers(0, 50),
-       prompt=st.lists(st.integers(0, 7), min_size=2, max_size=6), max_new=st.integers(1, 30))
-def test_greedy_eagle_equals_greedy_ar(target, kind, static, seed, prompt, max_new):
+@given(kind=st.sampled_from(["eagle", "eagle3"]), tree=st.sampled_from([SMALL_STATIC, SMALL_DYNAMIC, SMALL_SAMPLED]),
+       seed=st.integers(0, 50), prompt=st.lists(st.integers(0, 7), min_size=2, max_size=6),
+       max_new=st.integers(1, 30))
+def test_greedy_eagle_equals_greedy_ar(target, kind, tree, seed, prompt, max_new):
     head = head_for(target, kind, seed)
-    tree = SMALL_STATIC if static else SMALL_DYNAMIC
     ar = generate_ar(target, prompt, max_new_tokens=max_new, params=GREEDY)
     out = generate_eagle(target, head, prompt, tree=tree, max_new_tokens=max_new, params=GREEDY)
     assert out.token_ids == ar.token_ids
@@ -152,6 +156,12 @@ def test_bad_heads_and_trees(tmp_path, target):
         load_head(tmp_path / "missing", target)
     with pytest.raises(ValueError, match="choices is empty"):
         TreeSpec("static", choices=[])
+    with pytest.raises(ValueError, match="sampled children need a static tree"):
+        TreeSpec("dynamic", children="sampled")
+    with pytest.raises(ValueError, match=r"ranks 0..m-1, but one has ranks \[0, 2\]"):
+        TreeSpec("static", choices=[[0], [2]], children="sampled")  # draw 1 would be dropped: biased
+    with pytest.raises(ValueError, match="children must be top or sampled"):
+        TreeSpec("static", children="random")
     vocab = target.config.vocab_size
     for tree, needle in ((TreeSpec(top_k=vocab + 2), f"top_k {vocab + 2} needs at least {vocab + 2} tokens"),
                          (TreeSpec("static", choices=[[0], [vocab]]), f"choices rank {vocab} needs")):
@@ -173,9 +183,73 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
     assert parse_tree("dynamic", "cuda") == DEVICE_TREES["cuda"]
     assert parse_tree("dynamic:9:3:2") == TreeSpec(total_tokens=9, depth=3, top_k=2)
     assert parse_tree("static:medusa").choices == MEDUSA_CHOICES
+    for text, choices in (("sampled", DEFAULT_CHOICES), ("sampled:medusa", MEDUSA_CHOICES)):
+        tree = parse_tree(text)
+        assert (tree.kind, tree.choices, tree.children) == ("static", choices, "sampled")
     (tmp_path / "c.json").write_text(json.dumps([[0], [0, 0]]))
     assert read_choices(str(tmp_path / "c.json")) == [[0], [0, 0]]
     (tmp_path / "bad.json").write_text("[[0], 3]")
     for bad in ("dynamic:9:3", "dynamic:a:b:c", "bushy", "static:nothing", f"static:{tmp_path / 'bad.json'}"):
         with pytest.raises(ValueError):
             parse_tree(bad)
+
+
+def test_sample_children_draws_without_replacement_from_q():
+    """Ordered pairs of children follow q(a) q(b) / (1 - q(a)): the law the verifier's WithoutReplacement kind
+    assumes. A row whose q has fewer tokens than children takes its top-ranked tokens and says so."""
+    from collections import Counter
+
+    from scipy.stats import chisquare
+
+    from specref.tree import sample_children
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]], dtype=torch.float64).repeat(40_000, 1)
+    gen = torch.Generator().manual_seed(0)
+    drawn, q, sampled = sample_children(logits, 2, SamplingParams(1.0), gen)
+    assert sampled.all() and (drawn[:, 0] != drawn[:, 1]).all()
+    law = q[0].tolist()
+    pairs = [(a, b) for a in range(4) for b in range(4) if a != b]
+    expected = [law[a] * law[b] / (1 - law[a]) * len(drawn) for a, b in pairs]
+    seen = Counter(map(tuple, drawn.tolist()))
+    assert chisquare([seen[pair] for pair in pairs], expected).pvalue > 1e-6
+    narrow = SamplingParams(1.0, top_k=1)  # one token left: two children cannot both be sampled
+    drawn, _, sampled = sample_children(logits[:3], 2, narrow, gen)
+    assert not sampled.any() and drawn.tolist() == [[0, 1]] * 3
+
+
+def test_sampled_children_are_drawn_and_verified_by_their_kind(target, monkeypatch):
+    """At T > 0 the sampled tree's children vary with the seed and carry the WithoutReplacement kind with their
+    q; at T = 0 the same tree takes top-ranked children (q one-hot allows no second draw)."""
+    import specref.eagle_decode as ed
+    from specref.tree import DETERMINISTIC, WITHOUT_REPLACEMENT
+
+    head, grown, grow = head_for(target, "eagle", scale=0.5), [], ed.grow  # flat q: draws vary
+
+    def recording(*args, **kw):
+        drafted = grow(*args, **kw)
+        grown.append(drafted)
+        return drafted
+
+    monkeypatch.setattr(ed, "grow", recording)
+    for seed in range(6):
+        generate_eagle(target, head, PROMPT, tree=SMALL_SAMPLED, max_new_tokens=1, params=SamplingParams(1.0),
+                       seed=seed)
+    assert len({tuple(t.tokens[0, 1:].tolist()) for t in grown}) > 1
+    assert all(t.q is not None and WITHOUT_REPLACEMENT in t.kinds[0] for t in grown)
+    grown.clear()
+    for seed in range(3):
+        generate_eagle(target, head, PROMPT, tree=SMALL_SAMPLED, max_new_tokens=1, params=GREEDY, seed=seed)
+    assert len({tuple(t.tokens[0, 1:].tolist()) for t in grown}) == 1  # top-ranked: the same tree for any seed
+    assert all(t.q is None and (t.kinds == DETERMINISTIC).all() for t in grown)
+
+
+def test_sampled_children_verified_as_iid_draws_are_caught(target, monkeypatch):
+    """Mutation: children drawn without replacement but verified as i.i.d. draws (q not renormalised over the
+    undrawn tokens) bias the output; the G-test sees it. The same run with the right kind passes above."""
+    import specref.tree as tree_module
+
+    monkeypatch.setattr(tree_module, "WITHOUT_REPLACEMENT", 1)  # the verifier's code for i.i.d. children
+    params = SamplingParams(1.0)
+    out = generate_eagle(target, head_for(target, "eagle", scale=0.5), PROMPT, tree=SMALL_SAMPLED,
+                         max_new_tokens=LENGTH, params=params, seed=7, num_samples=N)
+    assert g_test(out.token_ids, exact_law(target, PROMPT, LENGTH, params), LENGTH) < ALPHA_TEST

@@ -126,9 +126,10 @@ class CLI:
         the chat template; --greedy-draft: the draft proposes its argmax (verified with a one-hot q: lossless);
         --nopack keeps PyTorch's default CPU matrix products instead of oneDNN's packed ones.
         EAGLE: --eagle DIR (an EAGLE-1/2, HASS or EAGLE-3 head; default: the shipped head of the default target),
-        --tree dynamic|static; static trees: --choices eagle (EAGLE's default, 25 paths) | medusa (Medusa's
-        63 nodes) | a JSON file of paths; dynamic trees (EAGLE-2): --total-tokens, --depth, --tree-top-k
-        (defaults per device: `python -m specref calibrate` measures them).
+        --tree dynamic|static|sampled; static trees: --choices eagle (EAGLE's default, 25 paths) | medusa
+        (Medusa's 63 nodes) | small (7 nodes) | a JSON file of paths; sampled: a static tree whose children
+        are drawn from the head's law at T > 0 (top-ranked at T = 0); dynamic trees (EAGLE-2):
+        --total-tokens, --depth, --tree-top-k (defaults per device: `python -m specref calibrate` measures them).
         Pictures: --show-rounds prints each round of the first sample in colour (accepted drafts green, the
         rejected one red, the correction yellow or the bonus blue); --show-tree OUT.svg (EAGLE) draws the first
         round's tree with the target's probabilities on its edges and the accepted path highlighted.
@@ -254,7 +255,7 @@ class CLI:
               pack: bool = True, seed: int = 0, trees: Any = ("dynamic", "static"),
               groups: Any = ("sps", "assisted", "eagle"), plot: str | None = None) -> None:
         """Time HF generate(), specref AR, specref SpS (each --gammas), HF assisted generation and specref EAGLE
-        (each --trees: dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa) on the default pair, in one
+        (each --trees: dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa, sampled) on the default pair, in one
         run on the held-out prompts; --groups picks among sps,assisted,eagle. Prints the table and writes
         OUT/bench.json; --plot OUT.png draws tokens/s, τ and speed-up against γ (measured and predicted from α
         and c) and the acceptance of each draft position (needs matplotlib)."""

@@ -1,5 +1,6 @@
 """Command-line spellings of draft trees: `--tree`, `--choices`, `--total-tokens`/`--depth`/`--tree-top-k`, and the
-bench's `--trees` list (`dynamic`, `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`)."""
+bench's `--trees` list (`dynamic`, `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`, `sampled`,
+`sampled:CHOICES`). `sampled` is a static tree whose children are drawn from the head's law at T > 0."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES, TreeSpec
+from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES, SMALL_CHOICES, TreeSpec
 
-NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES}
+NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES, "small": SMALL_CHOICES}
 
 
 def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
@@ -29,30 +30,33 @@ def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
 
 def tree_for(device_type: str, kind: str = "dynamic", choices: str | Sequence[Sequence[int]] = "eagle",
              total_tokens: int | None = None, depth: int | None = None, top_k: int | None = None) -> TreeSpec:
-    """A tree spec from command-line values; the dynamic tree's unset sizes come from the device's default."""
+    """A tree spec from command-line values (kind dynamic, static or sampled); the dynamic tree's unset sizes
+    come from the device's default."""
     base = DEVICE_TREES.get(device_type, DEVICE_TREES["cpu"])
 
     def pick(value: int | None, default: int) -> int:
         return default if value is None else value
 
-    return TreeSpec(kind, read_choices(choices), pick(total_tokens, base.total_tokens), pick(depth, base.depth),
-                    pick(top_k, base.top_k))
+    shape, children = ("static", "sampled") if kind == "sampled" else (kind, "top")
+    return TreeSpec(shape, read_choices(choices), pick(total_tokens, base.total_tokens), pick(depth, base.depth),
+                    pick(top_k, base.top_k), children)
 
 
 def parse_tree(text: str, device_type: str = "cpu") -> TreeSpec:
-    """`dynamic` (the device default), `dynamic:TOTAL:DEPTH:TOP_K`, `static` or `static:CHOICES` (a name or a
-    JSON file), as the bench's --trees takes them."""
+    """`dynamic` (the device default), `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`, `sampled` or
+    `sampled:CHOICES` (CHOICES a name or a JSON file), as the bench's --trees takes them."""
     kind, _, rest = text.partition(":")
-    if kind == "static":
-        return tree_for(device_type, "static", rest or "eagle")
+    if kind in ("static", "sampled"):
+        return tree_for(device_type, kind, rest or "eagle")
     sizes = rest.split(":") if rest else []
     if kind != "dynamic" or len(sizes) not in (0, 3) or not all(v.isdigit() for v in sizes):
-        raise ValueError(f"tree {text!r}: expected dynamic, dynamic:TOTAL:DEPTH:TOP_K, static or static:CHOICES")
+        raise ValueError(f"tree {text!r}: expected dynamic, dynamic:TOTAL:DEPTH:TOP_K, static[:CHOICES] or "
+                         "sampled[:CHOICES]")
     return tree_for(device_type, "dynamic", "eagle", *map(int, sizes))
 
 
 def describe(tree: TreeSpec) -> str:
     if tree.kind == "static":
         name = next((k for k, v in NAMED_CHOICES.items() if v == tree.choices), "custom")
-        return f"static {name} ({len(tree.choices)} nodes)"
+        return f"static {name} ({len(tree.choices)} nodes{', sampled children' if tree.children == 'sampled' else ''})"
     return f"dynamic {tree.total_tokens}/{tree.depth}/{tree.top_k}"
