@@ -67,7 +67,7 @@ def grow(tree: TreeSpec, head: EagleHead, hcache: KVCache, root_g: Tensor, root_
     q one-hot would allow only one child). The head's tree rows are scratch."""
     root_pos = torch.from_numpy(lengths - 2).to(root_g.device)[:, None]
     if tree.kind == "static":
-        sampling = (params, generator) if tree.children == "sampled" and not params.greedy else None
+        sampling = (params, generator) if tree.samples(params) else None
         drafted = grow_static(tree.choices, head, hcache, root_g, root_logits, root_pos, sampling)
     else:
         drafted = grow_dynamic(tree, head, hcache, root_g, root_logits, root_pos)
@@ -133,7 +133,7 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
     gen, coin = streams(seed, target.device)  # gen draws sampled children, coin makes the verifier's decisions
     seqs = Sequences(prompts, max_new_tokens, eos_token_ids, stream)
     capacity = int(seqs.limits.max()) + tree.scratch_rows
-    rows = len(prompts) * tree.nodes * (2 if tree.children == "sampled" else 1)  # p, and q for sampled children
+    rows = len(prompts) * tree.law_rows(params)
     check_fits(round_bytes(rows, target.config.vocab_size), f"probabilities of {tree.nodes} nodes")
     tcache, hcache = target.new_cache(len(prompts), capacity), head.new_cache(len(prompts), capacity)
     root_g, root_logits = prefill(target, head, tcache, hcache, seqs)

@@ -50,8 +50,8 @@ MEDUSA_CHOICES: list[list[int]] = [
     [2, 0, 0], [3, 1], [2, 2], [8, 0], [0, 5, 0], [1, 5], [1, 0, 1], [0, 2, 1], [9, 0], [0, 6, 0], [0, 0, 0, 2],
     [1, 6], [0, 7, 0],
 ]
-# A small tree for CPUs, the size of the CPU's default dynamic tree: 3 / 3 / 1 nodes at depths 1-3, siblings
-# ranked 0..m-1 so that it can also sample its children.
+# A small tree for CPUs, near the size of the CPU's default dynamic tree (7 drafted nodes against 5): 3 / 3 / 1
+# nodes at depths 1-3, siblings ranked 0..m-1 so that it can also sample its children.
 SMALL_CHOICES: list[list[int]] = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]]
 MAX_TREE_NODES = 4096  # a static tree larger than this is surely a mistake, and its n x n mask would be huge
 # The verifier's codes for how a node's children were drafted (rust_sampler/src/tree.rs::Kind).
@@ -172,6 +172,15 @@ class TreeSpec:
             what = f"top_k {self.top_k}" if self.kind == "dynamic" else f"choices rank {widest - 1}"
             raise ValueError(f"tree {what} needs at least {widest} tokens, but the vocabulary has {vocab}")
 
+    def samples(self, params: SamplingParams) -> bool:
+        """Whether a round draws children from q: a sampled tree at T > 0 (at T = 0 q is one-hot, so a node
+        could have only one sampled child; the top-ranked ones are used instead)."""
+        return self.children == "sampled" and not params.greedy
+
+    def law_rows(self, params: SamplingParams) -> int:
+        """Probability rows a round holds per sequence: p for every node, and q too when children are sampled."""
+        return self.nodes * (2 if self.samples(params) else 1)
+
     @property
     def nodes(self) -> int:
         """Nodes verified per round, the root included."""
@@ -202,8 +211,10 @@ def sample_children(logits: Tensor, m: int, params: SamplingParams, generator: t
     chosen from q alone, so delta-verification keeps them lossless). Returns tokens (B, m), q (B, V) and
     whether each row sampled (B,)."""
     q = process_logits(logits, params)
-    noise = -torch.log(-torch.log(torch.rand(q.shape, generator=generator, device=q.device).clamp_min(1e-30)))
-    drawn = (q.log() + noise).topk(m, dim=-1).indices
+    # float64 uniforms in (0, 1): float32 ones would bound the noise and leave tokens below ~1e-9 of the top
+    # one undrawable, a law slightly off the q the verifier is given
+    u = torch.rand(q.shape, generator=generator, dtype=torch.float64, device=q.device).clamp(1e-300, 1 - 2**-53)
+    drawn = (q.double().log() - torch.log(-torch.log(u))).topk(m, dim=-1).indices
     sampled = (q > 0).sum(-1) >= m
     return torch.where(sampled[:, None], drawn, logits.topk(m, dim=-1).indices), q, sampled
 
@@ -250,7 +261,7 @@ def grow_static(choices: list[list[int]], head: EagleHead, cache: KVCache, root_
 
 def grow_dynamic(spec: TreeSpec, head: EagleHead, cache: KVCache, root_g: Tensor, root_logits: Tensor,
                  root_pos: Tensor) -> Tree:
-    """EAGLE-2's dynamic tree, per sequence: parents (B, n) and tokens (B, n), n = total_tokens."""
+    """EAGLE-2's dynamic tree, per sequence: n = total_tokens nodes of top-ranked (deterministic) children."""
     b, k, dev = root_g.shape[0], spec.top_k, root_g.device
     top = root_logits.float().log_softmax(-1).topk(k, dim=-1)
     # Every recorded candidate: token, score (cumulative log-prob), parent candidate (-1 = root), depth.

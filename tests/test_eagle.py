@@ -203,15 +203,17 @@ def test_sample_children_draws_without_replacement_from_q():
 
     from specref.tree import sample_children
 
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]], dtype=torch.float64).repeat(40_000, 1)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -4.0]], dtype=torch.float64).repeat(40_000, 1)
     gen = torch.Generator().manual_seed(0)
-    drawn, q, sampled = sample_children(logits, 2, SamplingParams(1.0), gen)
-    assert sampled.all() and (drawn[:, 0] != drawn[:, 1]).all()
-    law = q[0].tolist()
-    pairs = [(a, b) for a in range(4) for b in range(4) if a != b]
-    expected = [law[a] * law[b] / (1 - law[a]) * len(drawn) for a, b in pairs]
-    seen = Counter(map(tuple, drawn.tolist()))
-    assert chisquare([seen[pair] for pair in pairs], expected).pvalue > 1e-6
+    for params in (SamplingParams(1.0), SamplingParams(0.5, top_p=0.95)):  # the draws follow the processed q
+        drawn, q, sampled = sample_children(logits, 2, params, gen)
+        assert sampled.all() and (drawn[:, 0] != drawn[:, 1]).all()
+        law = q[0].tolist()
+        pairs = [(a, b) for a in range(5) for b in range(5) if a != b and law[a] * law[b] > 0]
+        expected = [law[a] * law[b] / (1 - law[a]) * len(drawn) for a, b in pairs]
+        seen = Counter(map(tuple, drawn.tolist()))
+        assert sum(seen[pair] for pair in pairs) == len(drawn)  # nothing outside q's support
+        assert chisquare([seen[pair] for pair in pairs], expected).pvalue > 1e-6
     narrow = SamplingParams(1.0, top_k=1)  # one token left: two children cannot both be sampled
     drawn, _, sampled = sample_children(logits[:3], 2, narrow, gen)
     assert not sampled.any() and drawn.tolist() == [[0, 1]] * 3
@@ -241,6 +243,12 @@ def test_sampled_children_are_drawn_and_verified_by_their_kind(target, monkeypat
         generate_eagle(target, head, PROMPT, tree=SMALL_SAMPLED, max_new_tokens=1, params=GREEDY, seed=seed)
     assert len({tuple(t.tokens[0, 1:].tolist()) for t in grown}) == 1  # top-ranked: the same tree for any seed
     assert all(t.q is None and (t.kinds == DETERMINISTIC).all() for t in grown)
+    grown.clear()  # a peaked head under top-p: nodes with too few tokens left keep top-ranked children
+    generate_eagle(target, head_for(target, "eagle3"), PROMPT, tree=SMALL_SAMPLED, max_new_tokens=8,
+                   params=SamplingParams(0.7, top_p=0.8), seed=1, num_samples=4)
+    parents_kinds = {int(k) for t in grown for b, row in enumerate(t.kinds) for i, k in enumerate(row)
+                     if i in t.parents[b]}
+    assert parents_kinds == {DETERMINISTIC, WITHOUT_REPLACEMENT}
 
 
 def test_sampled_children_verified_as_iid_draws_are_caught(target, monkeypatch):

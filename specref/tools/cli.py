@@ -211,7 +211,7 @@ class CLI:
         caches = sum(cache_bytes((c.num_hidden_layers, num_samples, c.num_key_value_heads, rows, c.head_dim),
                                  getattr(torch, dtype)) for c in configs)
         check_fits(caches, f"KV caches for {num_samples} samples x {rows} positions", dev)
-        scored = num_samples * {"ar": 1, "sps": 2 * gamma + 1, "eagle": tree_spec.nodes}[method]
+        scored = num_samples * {"ar": 1, "sps": 2 * gamma + 1, "eagle": tree_spec.law_rows(params)}[method]
         check_fits(round_bytes(scored, tgt_config.vocab_size), f"probabilities over {scored} rows a round", dev)
 
         tgt = build_model(tgt_config, read_weights(target_dir), dtype=getattr(torch, dtype), device=dev)
