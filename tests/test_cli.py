@@ -430,7 +430,9 @@ def test_show_rounds_and_show_tree(checkpoints, heads, tmp_path, capsys):
     target, draft = checkpoints
     for kwargs, needle in (({"method": "ar", "show_rounds": True}, "--method sps or eagle"),
                            ({"method": "sps", "draft": str(draft), "show_tree": "t.svg"}, "EAGLE tree"),
-                           ({"method": "eagle", "eagle": str(heads / "eagle3"), "show_tree": "t.png"}, ".svg")):
+                           ({"method": "eagle", "eagle": str(heads / "eagle3"), "show_tree": "t.png"}, ".svg"),
+                           ({"method": "eagle", "eagle": str(heads / "eagle3"),
+                             "show_tree": str(tmp_path / "missing" / "t.svg")}, "directory does not exist")):
         with pytest.raises(ValueError, match=needle):
             CLI().generate(target=str(target), prompt_ids="3,4", max_new_tokens=4, **kwargs)
     CLI().generate(target=str(target), draft=str(draft), method="sps", prompt_ids="3,4,5", max_new_tokens=8,

@@ -323,7 +323,8 @@ def test_cli_refuses_bad_arguments_before_any_work(tmp_path):
     from specref.tools.cli import CLI
 
     for kwargs, needle in (({"suites": "tiny,bogus"}, "--suites"), ({"alpha": 2.0}, "--alpha"), ({"n": 0}, "n"),
-                           ({"length": 0}, "length"), ({"out": str(tmp_path)}, "is a directory")):
+                           ({"length": 0}, "length"), ({"out": str(tmp_path)}, "is a directory"),
+                           ({"out": str(tmp_path / "missing" / "c.json")}, "directory does not exist")):
         with pytest.raises(ValueError, match=needle):
             CLI().conformance(**kwargs)
 

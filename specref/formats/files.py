@@ -1,4 +1,4 @@
-"""Plumbing every checkpoint reader and writer shares: all-or-nothing directory writes and tensor-set checks."""
+"""Plumbing every reader and writer shares: all-or-nothing writes, output-path checks and tensor-set checks."""
 
 from __future__ import annotations
 
@@ -52,6 +52,21 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
                 os.replace(old / path.name, path)
             shutil.rmtree(old, ignore_errors=True)
         raise
+
+
+def check_output_file(path: str | Path, flag: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse, before any work, an output file that could not be written at the end: a suffix outside
+    `suffixes` (when given), an existing directory, or a parent directory that does not exist (`flag` names
+    the option in the message)."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        kinds = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
+        raise ValueError(f"{flag} {path}: write a {kinds} file")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; name a file")
+    if not path.resolve().parent.is_dir():
+        raise ValueError(f"{flag} {path}: its directory does not exist")
+    return path
 
 
 @contextmanager

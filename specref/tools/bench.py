@@ -64,6 +64,7 @@ def generate_peak_rss_gb(prompt: str, max_new_tokens: int, device: str) -> float
 
 
 GROUPS = ("sps", "assisted", "eagle")
+POOLED = ("tokens", "accepted", "tried", "rounds", "nodes")  # counts summed over prompts, then over repeats
 
 
 def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
@@ -101,7 +102,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     def specref_run(method: int | TreeSpec | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
         """AR (None), SpS (gamma) or EAGLE (a tree) over the prompts."""
         outs, seconds, hist = [], 0.0, []
-        counts = dict.fromkeys(("tokens", "accepted", "tried", "rounds", "nodes"), 0)
+        counts = dict.fromkeys(POOLED, 0)
         for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):  # rep -1: a short warm-up
             kw = {"max_new_tokens": max_new_tokens if rep >= 0 else 16, "params": params,
                   "seed": seed + 100 * (rep + 1) + i, "eos_token_ids": eos}
@@ -165,7 +166,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
                     greedy_outputs[name] = outs
             # speed: the median repeat; acceptance: pooled over every repeat, so alpha, tau and the position
             # acceptance describe the same rounds
-            n = {k: sum(r.get(k, 0) for r in runs) for k in ("tokens", "accepted", "tried", "rounds", "nodes")}
+            n = {k: sum(r.get(k, 0) for r in runs) for k in POOLED}
             hist = [sum(col) for col in zip_longest(*(r.get("hist", []) for r in runs), fillvalue=0)]
             results.append({"method": name, "temperature": temp,
                             "tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),

@@ -141,6 +141,7 @@ class CLI:
         from specref.cpu import pack_linears
         from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
         from specref.formats.eagle import place_head, read_head
+        from specref.formats.files import check_output_file
         from specref.formats.hf import build_model, load_draft, load_tokenizer, read_config, read_weights
         from specref.formats.prompts import encode
         from specref.kv_cache import cache_bytes
@@ -169,8 +170,8 @@ class CLI:
             raise ValueError("--show-rounds and --show-tree picture speculative rounds: use --method sps or eagle")
         if show_tree is not None and (method != "eagle" or not show_tree.endswith(".svg")):
             raise ValueError("--show-tree draws an EAGLE tree into an .svg file: --method eagle --show-tree OUT.svg")
-        if show_tree is not None and not Path(show_tree).resolve().parent.is_dir():
-            raise ValueError(f"--show-tree {show_tree}: its directory does not exist")
+        if show_tree is not None:
+            check_output_file(show_tree, "--show-tree")
         ids = parse_ids(prompt_ids) if prompt_ids is not None else None
         if prompt is None and ids is None:
             prompt = DEFAULT_PROMPT
@@ -398,8 +399,10 @@ class CLI:
         check_count("seed", seed, minimum=0)
         if not (isinstance(alpha, int | float) and 0 < alpha < 1):
             raise ValueError(f"--alpha must be in (0, 1), got {alpha!r}")
-        if out is not None and Path(out).is_dir():
-            raise ValueError(f"OUT {out} is a directory; name a JSON file")
+        if out is not None:
+            from specref.formats.files import check_output_file
+
+            check_output_file(out, "OUT")
         conformance(out, suites=suite_list, n=n, n_default=n_default, length=length, alpha=alpha, seed=seed,
                     greedy=greedy)
 

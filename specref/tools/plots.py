@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from specref.formats.files import atomic_file
+from specref.formats.files import atomic_file, check_output_file
 from specref.stats import expected_tau, predicted_speedup
 
 INSTALL = "plots need matplotlib, an optional extra: pip install 'specref[plot]' (or pip install matplotlib)"
@@ -41,15 +41,9 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
 def check_plot_path(path: str | Path) -> Path:
     """Refuse, before any model work, a plot that could not be written: matplotlib missing (ImportError saying
-    how to install it), a suffix other than .png, .svg or .pdf, or a directory that does not exist
-    (ValueError)."""
+    how to install it), or a path `formats/files.py::check_output_file` refuses (ValueError)."""
     new_figure()
-    path = Path(path)
-    if path.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"--plot {path}: write a .png, .svg or .pdf file")
-    if not path.resolve().parent.is_dir():
-        raise ValueError(f"--plot {path}: its directory does not exist")
-    return path
+    return check_output_file(path, "--plot", SUFFIXES)
 
 
 def plot_tokens(ax: Any, rows: Sequence[dict[str, Any]]) -> None:
