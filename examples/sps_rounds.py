@@ -11,7 +11,7 @@ from specref import SamplingParams, generate_sps, load_model, load_tokenizer
 from specref.formats.default_model import default_draft_dir, default_target_dir
 from specref.formats.hf import load_draft
 from specref.formats.prompts import encode
-from specref.tools.pictures import rounds_svg, show_round
+from specref.tools.pictures import rounds_svg, show_round, token_text
 
 tokens = 12 if os.environ.get("SPECREF_QUICK") else 48
 target = load_model(default_target_dir())
@@ -21,12 +21,7 @@ prompt = encode(tokenizer, "Why is the sky blue?")
 rounds = []
 out = generate_sps(target, draft, prompt, gamma=4, max_new_tokens=tokens, params=SamplingParams(0.7), seed=0,
                    trace=rounds.append)
-
-
-def text(token: int) -> str:
-    return repr(tokenizer.decode([token]))[1:-1]
-
-
+text = token_text(tokenizer)
 for i, r in enumerate(rounds):
     print(f"round {i + 1:2d} " + show_round(r, text))
 print(f"alpha {out.stats.alpha:.2f}, tau {out.stats.tau:.2f} tokens per target call")

@@ -15,7 +15,7 @@ from specref.eagle_decode import generate
 from specref.formats.default_model import default_head_dir, default_target_dir
 from specref.formats.eagle import load_head
 from specref.formats.prompts import encode
-from specref.tools.pictures import tree_svg
+from specref.tools.pictures import token_text, tree_svg
 from specref.tree import TreeSpec
 
 target = load_model(default_target_dir())
@@ -35,10 +35,5 @@ for name, tree in trees.items():
     print(f"{name}: {len(traced[0].tokens) - 1} drafted nodes, accepted {path}, "
           f"then {tokenizer.decode([traced[0].token])!r}")
 
-
-def text(token: int) -> str:
-    return repr(tokenizer.decode([token]))[1:-1]
-
-
-Path("trees.svg").write_text(tree_svg(rounds, text, list(trees)))
+Path("trees.svg").write_text(tree_svg(rounds, token_text(tokenizer), list(trees)))
 print("wrote trees.svg")

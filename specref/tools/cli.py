@@ -76,11 +76,9 @@ def comma_list(value: Any) -> list[str]:
 
 def show_pictures(rounds: list[Any], tokenizer: Any, show_rounds: bool, show_tree: str | None, out: Any) -> None:
     """Print each traced round in colour to `out` and/or draw the first round's tree (--show-rounds/--show-tree)."""
-    from specref.tools.pictures import show_round, tree_svg
+    from specref.tools.pictures import show_round, token_text, tree_svg
 
-    def text(token: int) -> str:
-        return repr(tokenizer.decode([token]))[1:-1] if tokenizer is not None else str(token)
-
+    text = token_text(tokenizer)
     if show_rounds:
         for i, r in enumerate(rounds):
             print(f"round {i + 1:3d} " + show_round(r, text), file=out)

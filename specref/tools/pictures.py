@@ -4,15 +4,25 @@
 green, the rejected draft red and struck through, the emitted correction yellow or bonus blue; drafts after
 the rejection, never tried, grey. `rounds_svg` draws the same as SVG lines, and `tree_svg` a draft tree left to
 right, the target's probability of each node's token on its edge and the accepted path highlighted. All are
-plain text: no dependency.
+plain text: no dependency. `token_text` says how a token reads in them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from html import escape
+from typing import Any
 
 from specref.stats import Round
+
+
+def token_text(tokenizer: Any) -> Callable[[int], str]:
+    """How the pictures show a token: its text with escapes visible (a newline reads \\n), or its id when there
+    is no tokenizer."""
+    if tokenizer is None:
+        return str
+    return lambda token: repr(tokenizer.decode([token]))[1:-1]
+
 
 GREEN, RED, YELLOW, BLUE, GREY, STRIKE, RESET = ("\033[32m", "\033[31m", "\033[33m", "\033[34m", "\033[90m", "\033[9m",
                                                  "\033[0m")
