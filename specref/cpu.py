@@ -1,16 +1,20 @@
-"""Faster linear layers for CPU decoding: oneDNN matrix products on weights packed once.
+"""Faster linear layers for CPU decoding: oneDNN matrix products on weights packed once, and 4-bit weights.
 
 Decoding one sequence is a chain of matrix-vector products, so its speed is how fast weights stream from
 memory. On the 2-core AMD EPYC machines specref is measured on, PyTorch's default fp32 CPU path reads
 weights at ~11 GB/s, while oneDNN on prepacked ("reordered") weights reaches ~20 GB/s, and its cost stays
 nearly flat from 1 to 8 rows: the rows a speculative verification adds are almost free. The product is
 the same, only the summation order differs (relative differences ~1e-6).
+
+A 4-bit target (`quantize_int4`) reads an eighth of the bytes, but it is a different model: see `Int4Linear`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from specref.model import Llama
 
 
 class PackedLinear(nn.Module):
@@ -42,3 +46,74 @@ def pack_linears(model: nn.Module) -> int:
                 setattr(module, name, PackedLinear(child))
                 swapped += 1
     return swapped
+
+
+INT4_GROUP = 32  # weights per scale and zero; llama.cpp's Q4_0/Q4_1 blocks have 32 as well
+
+
+class Int4Linear(nn.Module):
+    """An inference-only `nn.Linear` with 4-bit weights, in groups of 32 along the input dimension.
+
+    Each group g of a row is stored as codes c in 0..15 with a scale s_g and a minimum m_g: w = s_g * c + m_g,
+    s_g = (max - min) / 15 (llama.cpp's Q4_1 rule, so a weight that already lies on such a grid, as the
+    default target's GGUF weights do, gets its own codes back). PyTorch's CPU kernel keeps scales and zeros in
+    bfloat16 and takes and returns bfloat16 activations, so the layer computes round_bf16(round_bf16(x) @ W^T)
+    (+ bias in fp32) with fp32 accumulation, W built from the bfloat16-rounded scales and zeros. A quantized
+    model's logits therefore differ from its fp32 original's, and speculative decoding is lossless with respect
+    to the quantized model: each row's result does not depend on how many rows a forward carries, which
+    verification needs.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        n, k = linear.weight.shape
+        groups = linear.weight.detach().float().reshape(n, k // INT4_GROUP, INT4_GROUP)
+        low, high = groups.amin(-1), groups.amax(-1)
+        scale = ((high - low) / 15).clamp_min(torch.finfo(torch.float32).tiny)  # a constant group: any scale
+        codes = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32)
+        # buffers (not in the state dict: a checkpoint holds fp32 weights), counted by `tools/timing.py`
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.reshape(n, k), 2),
+                             persistent=False)
+        # The kernel computes (c - 8) * scale + zero, so zero = m + 8 s; laid out (groups, out_features, 2).
+        zeros = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().bfloat16()
+        self.register_buffer("scales_zeros", zeros, persistent=False)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, self.in_features).bfloat16()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_zeros)
+        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def int4_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, name, layer) of each `nn.Linear` that `quantize_int4` swaps: all but the output head, checked
+    against the kernel's shapes. A model built on the meta device is checked before any weights are read."""
+    layers = [(module, name, child) for module in model.modules() for name, child in module.named_children()
+              if isinstance(child, nn.Linear) and name != "lm_head"]
+    for _, name, child in layers:
+        if child.in_features % INT4_GROUP or child.out_features % 16:
+            raise ValueError(f"int4 weights need in_features divisible by {INT4_GROUP} and out_features by 16 "
+                             f"(PyTorch's kernel); {name} maps {child.in_features} -> {child.out_features}")
+    return layers
+
+
+def quantize_int4(model: Llama) -> int:
+    """Swap every `nn.Linear` of a CPU fp32 model but its output head for an `Int4Linear`; return how many.
+
+    The output head (tied to the embedding in small Llamas, 8-bit in the default target's GGUF) keeps its
+    weights, and attention switches to `model.attend_exactly`, so that a token's last hidden state is the same
+    bits in a one-token step, a chain or a tree. Every layer is checked before any is swapped, so a refusal
+    leaves the model as it was.
+    """
+    weight = next(model.parameters())
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        raise ValueError(f"int4 weights need a CPU float32 model, not {weight.device.type} {weight.dtype}")
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        raise ValueError(f"int4 weights need PyTorch's CPU int4 kernel, which torch {torch.__version__} lacks")
+    layers = int4_layers(model)
+    for module, name, child in layers:
+        setattr(module, name, Int4Linear(child))
+    model.row_exact = True  # every layer is now row-independent but attention: make attention so too
+    return len(layers)

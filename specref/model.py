@@ -137,6 +137,51 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+class KeyGroups(NamedTuple):
+    """A forward's attention mask as groups of queries that see the same number of key rows: per group the batch
+    rows and query indices (G,), that number n, and the key rows (G, n) in cache order, or None where each query
+    sees the first n rows of its sequence (None for n: all of them). Built once per forward (`key_groups`)."""
+
+    groups: list[tuple[Tensor, Tensor, int | None, Tensor | None]]
+
+
+def key_groups(mask: Tensor | None, batch: int, queries: int, device: torch.device) -> KeyGroups:
+    if mask is None:  # one sequence, one new token: it sees every row
+        return KeyGroups([(torch.zeros(1, dtype=torch.long, device=device),) * 2 + (None, None)])
+    seen = mask.expand(batch, 1, queries, -1)[:, 0]  # (B, q, rows)
+    counts, groups = seen.sum(-1), []
+    for n in counts.unique().tolist():
+        rows, query = (counts == n).nonzero(as_tuple=True)
+        keys = seen[rows, query].nonzero()[:, 1].view(-1, n)  # ascending: cache order
+        groups.append((rows, query, n, None if bool((keys[:, -1] == n - 1).all()) else keys))
+    return KeyGroups(groups)
+
+
+def attend_exactly(q: Tensor, k: Tensor, v: Tensor, plan: KeyGroups, enable_gqa: bool) -> Tensor:
+    """Attention in which each query (B, heads, q, d) sees only its visible key rows, taken in cache order.
+
+    A masked product over all rows sums each query's visible terms in an order that depends on which other rows
+    the forward carries, so a token's attention differs in its last bits between a one-token step, a chain and
+    a tree; a model that rounds activations to bfloat16 (`cpu.Int4Linear`) turns such bits into logit changes
+    of ~0.3. Here the queries of a group share one product over exactly their keys (a slice, or a gather that
+    gives the same bits), so a query's result is the same whatever else the forward holds, and with
+    row-independent layers the model's logits are a function of the context alone, as exact speculative
+    decoding needs.
+    """
+    out = q.new_empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1])  # (B, q, heads, d)
+    for rows, queries, n, keys in plan.groups:
+        if keys is None and len(rows) == 1:  # a view of one sequence's first n rows: no copy
+            r = int(rows[0])
+            kk, vv = k[r : r + 1, :, :n], v[r : r + 1, :, :n]
+        elif keys is None:
+            kk, vv = k[rows, :, :n], v[rows, :, :n]
+        else:
+            kk, vv = k[rows[:, None], :, keys].transpose(1, 2), v[rows[:, None], :, keys].transpose(1, 2)
+        y = F.scaled_dot_product_attention(q[rows, :, queries][:, :, None], kk, vv, enable_gqa=enable_gqa)
+        out[rows, queries] = y[:, :, 0]
+    return out.transpose(1, 2)
+
+
 class Attention(nn.Module):
     def __init__(self, c: ModelConfig, in_features: int | None = None) -> None:
         super().__init__()
@@ -146,7 +191,7 @@ class Attention(nn.Module):
                                   bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | KeyGroups | None,
                 cache: KVCache | None, layer: int) -> Tensor:
         b, t, _ = x.shape
         qkv = self.qkv_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (b, heads, t, d)
@@ -154,7 +199,11 @@ class Attention(nn.Module):
         q, k, v = qk[:, : self.n_heads], qk[:, self.n_heads :], qkv[:, self.n_heads + self.n_kv :]
         if cache is not None:
             k, v = cache.write(layer, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv)
+        gqa = self.n_heads != self.n_kv
+        if isinstance(mask, KeyGroups):
+            y = attend_exactly(q, k, v, mask, gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -177,7 +226,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | KeyGroups | None,
                 cache: KVCache | None, layer: int) -> Tensor:
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         return h + self.mlp(self.post_attention_layernorm(h))
@@ -196,6 +245,8 @@ class Llama(nn.Module):
         ids = None if config.head_vocab_size is None else torch.arange(config.head_vocab_size)
         self.register_buffer("vocab_ids", ids)  # token id of each lm_head row (None: all, in order)
         self.rotary = Rotary(config)
+        # True once every layer is row-independent (`cpu.quantize_int4`): attention then follows (`attend_exactly`)
+        self.row_exact = False
 
     @property
     def device(self) -> torch.device:
@@ -223,6 +274,8 @@ class Llama(nn.Module):
         if any(not 0 <= i < len(self.layers) for i in layer_inputs):
             raise ValueError(f"layer_inputs {list(layer_inputs)} must lie in [0, {len(self.layers)})")
         attn_mask = attention_mask(input_ids, cache, mask)
+        if self.row_exact:
+            attn_mask = key_groups(attn_mask, *input_ids.shape, input_ids.device)
         cos, sin = self.rotary(position_ids, self.dtype)
 
         x, captured = self.embed_tokens(input_ids), {}

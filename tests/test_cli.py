@@ -69,6 +69,20 @@ def test_text_prompt_and_greedy_ar_agree_with_api(checkpoints, capsys):
     assert ar["text"][0] == tokenizer.decode(api[0], skip_special_tokens=True)
 
 
+def test_int4_target_from_the_command_line(checkpoints, capsys):
+    """--quantize int4 decodes with the 4-bit target that `cpu.quantize_int4` builds."""
+    from specref.cpu import quantize_int4
+
+    target, _ = checkpoints
+    CLI().generate(target=str(target), method="ar", prompt_ids="3,4,5", max_new_tokens=12, quantize="int4",
+                   output="json")
+    cli = json.loads(capsys.readouterr().out)["token_ids"]
+    model = load_model(target)
+    quantize_int4(model)
+    assert cli == generate_ar(model, [3, 4, 5], max_new_tokens=12, params=SamplingParams(0.0),
+                              eos_token_ids=[2]).token_ids
+
+
 def test_text_output_streams_then_prints_stats(checkpoints):
     target, draft = checkpoints
     res = run_cli("the cat", "--target", str(target), "--draft", str(draft), "--max-new-tokens", "6", "--temperature",
@@ -99,6 +113,9 @@ BAD = [
     ({"seed": 2**70}, "seed must be below 2\\*\\*64"),
     ({"num_samples": 10**9, "max_new_tokens": 8}, "KV caches for 1000000000 samples x 14 positions needs"),
     ({"device": "meta"}, "cpu or cuda"),
+    ({"quantize": "int8"}, "--quantize must be int4"),
+    ({"quantize": "int4", "dtype": "float64"}, "--quantize int4 needs --device cpu and --dtype float32"),
+    ({"quantize": "int4"}, "qkv_proj maps 16 -> 32"),  # the draft's width is no whole group of 32
 ]
 
 

@@ -122,6 +122,34 @@ def test_packed_linears_give_the_same_greedy_text(target, target_dir):
     assert generate_ar(packed, ids, max_new_tokens=24, params=SamplingParams(0.0)).token_ids == dense
 
 
+@pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="no CPU int4 kernel")
+def test_int4_target_keeps_the_gguf_codes_and_speculates_exactly(target, target_dir):
+    """`quantize_int4` finds the GGUF's own Q4_1 codes again (each weight within a tenth of its group's step,
+    the bfloat16 rounding of scale and zero, where a wrong code would be a whole step off); the 4-bit target
+    stays close to the fp32 one; EAGLE and SpS on it reproduce its own greedy AR token for token."""
+    from specref.cpu import INT4_GROUP, Int4Linear, quantize_int4
+    from specref.tools.bench import logit_difference
+
+    for linear in (target.layers[0].self_attn.qkv_proj, target.layers[29].mlp.down_proj):
+        w = linear.weight.detach()
+        back = Int4Linear(linear)(torch.eye(w.shape[1])).t()
+        groups = w.reshape(w.shape[0], -1, INT4_GROUP)
+        step = (groups.amax(-1, keepdim=True) - groups.amin(-1, keepdim=True)) / 15
+        assert bool(((back - w).reshape(groups.shape).abs() <= 0.1 * step).all())
+    quantized = load_model(target_dir)
+    assert quantize_int4(quantized) == 4 * 30
+    ids = encode(load_tokenizer(target_dir), "List three primary colors.")
+    greedy = generate_ar(quantized, ids, max_new_tokens=32, params=SamplingParams(0.0)).token_ids
+    d = logit_difference(target, quantized, [ids], greedy)
+    assert d["top1_agreement"] >= 0.9 and d["mean_kl"] < 0.01 and 0 < d["max_abs_logit_difference"] < 2
+    head = load_head(dm.default_head_dir(), quantized)
+    assert generate_eagle(quantized, head, ids, tree=TreeSpec(), max_new_tokens=32,
+                          params=SamplingParams(0.0)).token_ids == greedy
+    draft = load_draft(dm.DRAFT_DIR, quantized)
+    assert generate_sps(quantized, draft, ids, gamma=4, max_new_tokens=32,
+                        params=SamplingParams(0.0)).token_ids == greedy
+
+
 needs_draft = pytest.mark.skipif(not (dm.DRAFT_DIR / "config.json").is_file(), reason="no shipped draft yet")
 
 

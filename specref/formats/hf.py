@@ -263,9 +263,15 @@ def load_tokenizer(path: str | Path) -> Any:
 def save_model(model: Llama, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
     """Write `config.json` + `model.safetensors` (HF layout) atomically: all or nothing at `path`.
 
-    Weights are stored in `dtype` (default: the model's); borrowed or tied tensors are left out.
+    Weights are stored in `dtype` (default: the model's); borrowed or tied tensors are left out. A model whose
+    layers were packed or quantized (`cpu.py`) is refused: its weights are no longer plain tensors.
     """
     config = model.config
+    with torch.device("meta"):
+        missing = sorted(Llama(config).state_dict().keys() - model.state_dict().keys())
+    if missing:
+        raise ValueError(f"cannot save a model whose layers were packed or quantized ({missing[0]} is no plain "
+                         f"tensor); save it before pack_linears / quantize_int4")
     left_out = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if config.shares_target_embeddings:
         left_out.add("embed_tokens.weight")

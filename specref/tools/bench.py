@@ -7,15 +7,21 @@ Rows, all on the same held-out prompts (chat template, batch 1) and settings:
   HF assisted    `generate(assistant_model=...)` with the same draft exported as a `LlamaForCausalLM` (HF has
                  no reduced-vocabulary head, so its draft computes all 49,152 output rows)
   specref EAGLE  tree speculation with the shipped EAGLE head, for each tree of --trees
+  ... int4       (group int4) the same with the target's layers in 4 bits (`cpu.quantize_int4`: the GGUF's own
+                 Q4_1 codes, bfloat16 activations), a different target: its rows are compared with its own AR
+  llama.cpp      (group int4, when llama-cpp-python is installed) llama.cpp on the default target's Q4_1 GGUF
+                 with as many threads as torch uses
 Each row reports tokens/s (median of the repeats), the speed-up over specref AR and over HF AR, alpha, tau,
 and beside the measured SpS speed-up the one predicted from alpha and the cost ratio c = draft step time /
 target step time (`stats.predicted_speedup`). Speeds are the median repeat; alpha, tau and the acceptance of
 each draft position are pooled over all repeats.
-Greedy outputs of every row are compared token by token.
+Greedy outputs of every specref row are compared token by token with HF AR (int4 rows: with specref AR int4).
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -29,8 +35,8 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode, sps
-from specref.cpu import pack_linears
-from specref.formats.default_model import default_draft_dir, default_head_dir, default_target_dir
+from specref.cpu import pack_linears, quantize_int4
+from specref.formats.default_model import default_draft_dir, default_head_dir, default_target_dir, locate_gguf
 from specref.formats.eagle import load_head
 from specref.formats.hf import load_draft, load_model, load_tokenizer, standalone_draft, to_transformers
 from specref.formats.prompts import encode, load_prompts
@@ -63,7 +69,7 @@ def generate_peak_rss_gb(prompt: str, max_new_tokens: int, device: str) -> float
     return float(kib) / 2**20
 
 
-GROUPS = ("sps", "assisted", "eagle")
+GROUPS = ("sps", "assisted", "eagle", "int4")
 POOLED = ("tokens", "accepted", "tried", "rounds", "nodes")  # counts summed over prompts, then over repeats
 
 
@@ -89,29 +95,37 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     target = load_model(target_dir, device=dev)
     draft = load_draft(draft_dir, target)
     head = load_head(default_head_dir(), target)
-    tree_specs = [parse_tree(t, dev.type) for t in trees] if "eagle" in groups else []
+    tree_specs = [parse_tree(t, dev.type) for t in trees] if {"eagle", "int4"} & set(groups) else []
     hf_target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to(dev).eval()
     hf_draft = to_transformers(standalone_draft(draft, target))  # before packing; a full output head
     floor, bandwidth = weight_read_floor(target)  # before packing: packed weights are no parameters
+    quantized = quantized_head = None
+    if "int4" in groups:
+        quantized = copy.deepcopy(target)
+        quantize_int4(quantized)
+        quantized_head = load_head(default_head_dir(), quantized)  # a head serves the target it was placed on
+        int4_floor, _ = weight_read_floor(quantized)
     if pack:
-        for model in (target, draft, head):
-            pack_linears(model)
+        for model in (target, draft, head, quantized, quantized_head):
+            if model is not None:
+                pack_linears(model)
     target_step = step_time(target, dev)
     c = step_time(draft, dev) / target_step
 
-    def specref_run(method: int | TreeSpec | None, params: SamplingParams, rep: int) -> tuple[list[list[int]], dict]:
-        """AR (None), SpS (gamma) or EAGLE (a tree) over the prompts."""
+    def specref_run(method: int | TreeSpec | None, params: SamplingParams, rep: int,
+                    model: Any = target, eagle: Any = head) -> tuple[list[list[int]], dict]:
+        """AR (None), SpS (gamma) or EAGLE (a tree) over the prompts, with `model` (and `eagle`) as the target."""
         outs, seconds, hist = [], 0.0, []
         counts = dict.fromkeys(POOLED, 0)
         for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):  # rep -1: a short warm-up
             kw = {"max_new_tokens": max_new_tokens if rep >= 0 else 16, "params": params,
                   "seed": seed + 100 * (rep + 1) + i, "eos_token_ids": eos}
             if method is None:
-                g = autoregressive.generate(target, ids, **kw)
+                g = autoregressive.generate(model, ids, **kw)
             elif isinstance(method, TreeSpec):
-                g = eagle_decode.generate(target, head, ids, tree=method, **kw)
+                g = eagle_decode.generate(model, eagle, ids, tree=method, **kw)
             else:
-                g = sps.generate(target, draft, ids, gamma=method, **kw)
+                g = sps.generate(model, draft, ids, gamma=method, **kw)
             outs.append(g.token_ids[0])
             seconds += g.stats.wall_time
             for key, value in zip(counts, (g.stats.new_tokens, g.stats.accepted, g.stats.tried, g.stats.rounds,
@@ -140,6 +154,13 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             tokens += len(new)
         return outs, {"tokens": tokens, "seconds": seconds}
 
+    llama = None
+    if quantized is not None and importlib.util.find_spec("llama_cpp") is not None:
+        from llama_cpp import Llama as LlamaCpp
+
+        # n_batch 1: llama-cpp-python 0.3.36 built here crashes decoding several tokens at once on AMX CPUs
+        llama = LlamaCpp(str(locate_gguf()[0]), n_threads=torch.get_num_threads(), n_ctx=2048, n_batch=1,
+                         n_ubatch=1, verbose=False)
     rows: list[tuple[str, float, Any]] = []
     for temp in temperatures:
         rows += [("HF AR", temp, lambda p, r: hf_run(None, p, r)),
@@ -151,7 +172,15 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             rows += [(f"HF assisted gamma={g}", temp, lambda p, r, g=g: hf_run(
                 hf_draft, p, r, num_assistant_tokens=g, num_assistant_tokens_schedule="constant",
                 assistant_confidence_threshold=0.0)) for g in (4,) if g in gammas]
-        rows += [(f"specref EAGLE {describe(t)}", temp, lambda p, r, t=t: specref_run(t, p, r)) for t in tree_specs]
+        if "eagle" in groups:
+            rows += [(f"specref EAGLE {describe(t)}", temp, lambda p, r, t=t: specref_run(t, p, r)) for t in tree_specs]
+        if quantized is not None:
+            rows += [("specref AR int4", temp, lambda p, r: specref_run(None, p, r, quantized))]
+            rows += [(f"specref EAGLE {describe(t)} int4", temp,
+                      lambda p, r, t=t: specref_run(t, p, r, quantized, quantized_head)) for t in tree_specs[:1]]
+            if llama is not None:
+                rows += [("llama.cpp Q4_1 GGUF", temp, lambda p, r: llama_cpp_run(llama, inputs, max_new_tokens, p,
+                                                                                  seed + 100 * (r + 1), r))]
     results, greedy_outputs = [], {}
     with tqdm(total=len(rows) * repeats, desc="bench", unit="run") as bar:
         for name, temp, fn in rows:
@@ -176,28 +205,81 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
                             "position_acceptance": position_acceptance(hist) or None})
     for r in results:
         base = {m["method"]: m["tokens_per_s"] for m in results if m["temperature"] == r["temperature"]}
-        r["speedup_vs_specref_ar"] = r["tokens_per_s"] / base["specref AR"]
+        own = "specref AR int4" if r["method"].endswith("int4") or r["method"].startswith("llama.cpp") else "specref AR"
+        r["speedup_vs_specref_ar"] = r["tokens_per_s"] / base[own]
         r["speedup_vs_hf_ar"] = r["tokens_per_s"] / base["HF AR"]
         if r["method"].startswith("specref SpS") and r["alpha"] is not None:
             r["gamma"] = int(r["method"].split("=")[1])
             r["predicted_speedup"] = predicted_speedup(r["alpha"], r["gamma"], c)
-    reference = greedy_outputs.get("HF AR")
-    mismatches = {name: [i for i, (a, b) in enumerate(zip(outs, reference, strict=True)) if a != b]
-                  for name, outs in greedy_outputs.items() if reference is not None}
+    mismatches = {}
+    for name, outs in greedy_outputs.items():
+        reference = greedy_outputs.get("specref AR int4" if name.endswith("int4") else "HF AR")
+        if reference is not None and not name.startswith("llama.cpp"):  # llama.cpp: another implementation
+            mismatches[name] = [i for i, (a, b) in enumerate(zip(outs, reference, strict=True)) if a != b]
     summary = {
         "machine": machine(dev), "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats,
         "packed_linears": pack, "cost_ratio_c": c, "target_step_ms": target_step * 1e3,
         "weight_read_floor_ms": floor * 1e3, "read_bandwidth_GBps": bandwidth,
         "generate_peak_rss_gb": generate_peak_rss_gb(texts[0], max_new_tokens, device),
-        "greedy_mismatches_vs_hf_ar": mismatches,
+        "greedy_mismatches": mismatches,
         "greedy_identical": all(not v for v in mismatches.values()), "rows": results,
     }
+    if quantized is not None:
+        summary["int4_target_step_ms"] = step_time(quantized, dev) * 1e3
+        summary["int4_weight_read_floor_ms"] = int4_floor * 1e3
+        if "specref AR" in greedy_outputs:
+            summary["int4_vs_fp32"] = logit_difference(target, quantized, inputs, greedy_outputs["specref AR"])
     (out_dir / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_table(summary)
     if plot:
         speculation_figure(results, c, plot, summary["machine"])
         print(f"wrote {plot}")
     return summary
+
+
+def llama_cpp_run(llama: Any, inputs: list[list[int]], max_new_tokens: int, params: SamplingParams, seed: int,
+                  rep: int) -> tuple[list[list[int]], dict]:
+    """llama.cpp's own decoding of the prompts with the same sampling law (no top-k, top-p or min-p filter and no
+    repetition penalty unless the row asks for them). Timed from the first new token on: decoding only, which
+    favours llama.cpp (specref's rows include the prompt), because its prompt goes in one token at a time."""
+    outs, tokens, seconds = [], 0, 0.0
+    for i, ids in enumerate(inputs if rep >= 0 else inputs[:1]):
+        llama.set_seed(seed + i)
+        new: list[int] = []
+        start = 0.0
+        for token in llama.generate(ids, temp=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                                    min_p=0.0, repeat_penalty=1.0, reset=True):
+            if not new:
+                start = time.perf_counter()
+            if token == llama.token_eos():
+                break
+            new.append(token)
+            if len(new) == (max_new_tokens if rep >= 0 else 16):
+                break
+        seconds += time.perf_counter() - start
+        tokens += len(new) - 1  # the tokens decoded after the first
+        outs.append(new)
+    return outs, {"tokens": tokens, "seconds": seconds}
+
+
+@torch.inference_mode()
+def logit_difference(reference: Any, other: Any, inputs: list[list[int]], outputs: list[list[int]]) -> dict:
+    """How `other`'s next-token logits differ from `reference`'s over the prompts' continuations `outputs`
+    (teacher-forced, one forward per sequence): the largest absolute difference, the mean and largest
+    KL(reference || other) in nats, and how often both put the same token first."""
+    diffs, kls, agree, n = [], [], 0, 0
+    for ids, out in zip(inputs, outputs, strict=True):
+        seq = torch.tensor([ids + out], device=reference.device)
+        pos = torch.arange(seq.shape[1], device=seq.device)[None]
+        a, b = (m(seq, pos).logits[0, len(ids) - 1 : -1].double() for m in (reference, other))
+        la, lb = a.log_softmax(-1), b.log_softmax(-1)
+        diffs.append(float((a - b).abs().max()))
+        kls.append((la.exp() * (la - lb)).sum(-1))
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        n += len(out)
+    kl = torch.cat(kls)
+    return {"positions": n, "max_abs_logit_difference": max(diffs), "mean_kl": float(kl.mean()),
+            "max_kl": float(kl.max()), "top1_agreement": agree / n}
 
 
 def machine(dev: torch.device) -> str:
@@ -220,6 +302,13 @@ def print_table(s: dict[str, Any]) -> None:
                             for v in (r["alpha"], r["tau"], r.get("predicted_speedup")))
         print(f"{r['method']:38s} {r['temperature']:4.1f} {r['tokens_per_s']:7.1f} "
               f"{r['speedup_vs_specref_ar']:6.2f} {r['speedup_vs_hf_ar']:6.2f} {alpha:>6s} {tau:>5s} {pred:>5s}")
-    same = "identical" if s["greedy_identical"] else f"NOT identical: {s['greedy_mismatches_vs_hf_ar']}"
-    print(f"greedy outputs of all rows vs HF AR: {same}")
+    same = "identical" if s["greedy_identical"] else f"NOT identical: {s['greedy_mismatches']}"
+    print(f"greedy outputs of all rows vs HF AR (int4 rows: vs specref AR int4): {same}")
+    if "int4_target_step_ms" in s:
+        print(f"int4 target step {s['int4_target_step_ms']:.1f} ms (floor {s['int4_weight_read_floor_ms']:.1f} ms)",
+              end="")
+        d = s.get("int4_vs_fp32")
+        print("" if d is None else f"; int4 vs fp32 logits over {d['positions']} greedy positions: max |difference| "
+              f"{d['max_abs_logit_difference']:.3f}, mean KL {d['mean_kl']:.2g} nats, top-1 agreement "
+              f"{d['top1_agreement']:.3f}")
     print(f"peak memory of `python -m specref generate` on the default pair: {s['generate_peak_rss_gb']:.2f} GB")

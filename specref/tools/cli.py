@@ -115,14 +115,16 @@ class CLI:
                  greedy_draft: bool = False, raw: bool = False, pack: bool = True, eagle: str | None = None,
                  tree: str = "dynamic", choices: Any = "eagle", total_tokens: int | None = None,
                  depth: int | None = None, tree_top_k: int | None = None, show_rounds: bool = False,
-                 show_tree: str | None = None) -> None:
+                 show_tree: str | None = None, quantize: str | None = None) -> None:
         """Continue PROMPT (text) or --prompt-ids with the target, speculatively drafted by --draft.
 
         Without --target the embedded default pair runs: SmolLM2-135M-Instruct and its shipped draft.
         --method ar|sps|eagle; --gamma: drafts per round; --temperature 0 is greedy; --top-k 0 and --top-p 1
         disable the filters; --num-samples N draws N independent continuations; --output text|json; --raw skips
         the chat template; --greedy-draft: the draft proposes its argmax (verified with a one-hot q: lossless);
-        --nopack keeps PyTorch's default CPU matrix products instead of oneDNN's packed ones.
+        --nopack keeps PyTorch's default CPU matrix products instead of oneDNN's packed ones; --quantize int4
+        stores the target's and the draft's layers as 4-bit weights (CPU, float32; a different target, whose law
+        every method then samples exactly: see the README).
         EAGLE: --eagle DIR (an EAGLE-1/2, HASS or EAGLE-3 head; default: the shipped head of the default target),
         --tree dynamic|static|sampled; static trees: --choices eagle (EAGLE's default, 25 paths) | medusa
         (Medusa's 63 nodes) | small (7 nodes) | a JSON file of paths; sampled: a static tree whose children
@@ -136,7 +138,7 @@ class CLI:
 
         from specref import autoregressive, eagle_decode, sps
         from specref.checks import check_count, check_pair, check_request, check_run
-        from specref.cpu import pack_linears
+        from specref.cpu import int4_layers, pack_linears, quantize_int4
         from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
         from specref.formats.eagle import place_head, read_head
         from specref.formats.files import check_output_file
@@ -145,6 +147,7 @@ class CLI:
         from specref.kv_cache import cache_bytes
         from specref.logits import SamplingParams
         from specref.memory import check_fits, round_bytes
+        from specref.model import Llama
         from specref.tools.options import tree_for
 
         # Every argument is checked before any weights are read.
@@ -160,6 +163,11 @@ class CLI:
             raise ValueError(f"--output must be text or json, got {output!r}")
         if dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if quantize not in (None, "int4"):
+            raise ValueError(f"--quantize must be int4 (or left out for full-precision weights), got {quantize!r}")
+        if quantize and (dev.type != "cpu" or dtype != "float32"):
+            raise ValueError("--quantize int4 needs --device cpu and --dtype float32 (PyTorch's int4 kernel is a "
+                             "CPU one, and it takes the float32 weights)")
         if prompt is not None and prompt_ids is not None:
             raise ValueError("give either a text prompt or --prompt-ids, not both")
         if prompt == "":
@@ -190,6 +198,11 @@ class CLI:
         drf_config = read_config(draft_dir) if draft_dir is not None else None
         if drf_config is not None:
             check_pair(tgt_config, drf_config)
+        if quantize:
+            for c in (tgt_config, drf_config):
+                if c is not None:
+                    with torch.device("meta"):  # the layer shapes, without reading a weight
+                        int4_layers(Llama(c))
         head_read = None
         if head_dir is not None:
             head_read = read_head(head_dir, tgt_config)  # the whole head, checked against the target's config
@@ -216,6 +229,10 @@ class CLI:
         tgt = build_model(tgt_config, read_weights(target_dir), dtype=getattr(torch, dtype), device=dev)
         drf = load_draft(draft_dir, tgt) if draft_dir is not None else None
         head = place_head(head_read, tgt) if head_read is not None else None
+        if quantize:
+            for model in (tgt, drf):
+                if model is not None:
+                    quantize_int4(model)
         if pack:
             for model in (tgt, drf, head):
                 if model is not None:
@@ -255,7 +272,8 @@ class CLI:
               groups: Any = ("sps", "assisted", "eagle"), plot: str | None = None) -> None:
         """Time HF generate(), specref AR, specref SpS (each --gammas), HF assisted generation and specref EAGLE
         (each --trees: dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa, sampled) on the default pair, in one
-        run on the held-out prompts; --groups picks among sps,assisted,eagle. Prints the table and writes
+        run on the held-out prompts; --groups picks among sps,assisted,eagle,int4 (int4: specref AR and EAGLE
+        on the 4-bit target, and llama.cpp on the GGUF when llama-cpp-python is installed). Prints the table and writes
         OUT/bench.json; --plot OUT.png draws tokens/s, τ and speed-up against γ (measured and predicted from α
         and c) and the acceptance of each draft position (needs matplotlib)."""
         from specref.checks import check_count

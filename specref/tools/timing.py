@@ -36,12 +36,13 @@ def step_time(model: Llama, device: torch.device, tokens: int = 1) -> float:
 
 
 def weight_read_floor(model: Llama) -> tuple[float, float]:
-    """(seconds to stream the model's weights once at the machine's measured read bandwidth, GB/s)."""
+    """(seconds to stream the model's weights (parameters and buffers, such as 4-bit codes) once at the
+    machine's measured read bandwidth, GB/s)."""
     data = torch.ones(64 * 2**20, dtype=torch.float32)  # 256 MB, larger than any cache
     data.sum()
     t = time.perf_counter()
     for _ in range(5):
         data.sum()
     bandwidth = 5 * data.numel() * 4 / (time.perf_counter() - t)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    size = sum(p.numel() * p.element_size() for p in (*model.parameters(), *model.buffers()))
     return size / bandwidth, bandwidth / 1e9

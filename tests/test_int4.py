@@ -1,0 +1,173 @@
+"""4-bit weights (`cpu.quantize_int4`): the codes, the kernel's arithmetic, row independence, and lossless
+speculation with respect to the quantized target (exact law, greedy identity, bit-identical logits)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ALPHA_TEST, exact_law, g_test, tiny_config, total_variation
+from test_eagle import SMALL_DYNAMIC, SMALL_SAMPLED, head_for
+
+from specref import SamplingParams, generate_ar, generate_sps, random_model
+from specref.cpu import INT4_GROUP, Int4Linear, quantize_int4
+from specref.eagle_decode import generate as generate_eagle
+
+pytestmark = pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"),
+                                reason="this PyTorch has no CPU int4 kernel")
+N = 20_000
+LENGTH = 3
+PROMPT = [3, 1, 4]
+GREEDY = SamplingParams(0.0)
+
+
+def int4_model(seed: int, hidden: int = 32):
+    model = random_model(tiny_config(8, hidden=hidden), seed=seed, dtype=torch.float32, scale=3.0)
+    assert quantize_int4(model) == 2 * 4  # qkv, o, gate_up and down of each layer; the output head stays
+    return model
+
+
+@pytest.fixture(scope="module")
+def target():
+    return int4_model(21)
+
+
+def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Linear:
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    layer.weight.data = weight
+    if bias is not None:
+        layer.bias.data = bias
+    return layer
+
+
+def read_back(layer: Int4Linear) -> torch.Tensor:
+    """The weight a bias-free layer multiplies by, read through the identity (its bfloat16 rounding)."""
+    return layer(torch.eye(layer.in_features)).t()
+
+
+def test_codes_on_a_q4_1_grid_come_back_exactly():
+    """A weight that lies on a Q4_1 grid (as the default target's GGUF weights do) keeps its own codes, scales
+    and minima: s * c + m comes back exactly (s and m chosen exact in bfloat16)."""
+    g = torch.Generator().manual_seed(0)
+    n, groups = 48, 4
+    codes = torch.randint(0, 16, (n, groups, INT4_GROUP), generator=g)
+    codes[..., 0], codes[..., 1] = 0, 15  # each group spans the grid, so its min and max give s and m
+    scale = torch.randint(1, 9, (n, groups, 1), generator=g) / 64
+    low = -torch.randint(0, 64, (n, groups, 1), generator=g) / 64
+    weight = (codes * scale + low).reshape(n, groups * INT4_GROUP)
+    assert torch.equal(read_back(Int4Linear(linear(weight))), weight.bfloat16().float())
+
+
+def test_off_grid_weights_take_the_nearest_code_and_products_are_bfloat16():
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(32, 2 * INT4_GROUP, generator=g)
+    layer = Int4Linear(linear(weight))
+    groups = weight.reshape(32, 2, INT4_GROUP)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15  # one code
+    error = (read_back(layer) - weight).reshape(32, 2, INT4_GROUP).abs()
+    # half a code, plus the bfloat16 rounding of the scale, the zero and the read-back itself
+    assert bool((error <= 0.5 * step[..., None] + 2**-7 * groups.abs().amax(-1, keepdim=True)).all())
+    assert float(error.max()) > 0.1 * float(step.min())  # a real rounding took place
+    x = torch.randn(5, 2 * INT4_GROUP, generator=g)
+    expected = x.bfloat16().float() @ read_back(layer).t()
+    assert torch.allclose(layer(x), expected, rtol=0, atol=2**-7 * float(expected.abs().max()))
+    bias = torch.randn(32, generator=g)
+    assert torch.equal(Int4Linear(linear(weight, bias))(x), layer(x) + bias)
+
+
+def test_rows_are_independent():
+    """A row's product does not depend on the other rows of the call: verification needs it."""
+    g = torch.Generator().manual_seed(2)
+    layer = Int4Linear(linear(torch.randn(64, 96, generator=g)))
+    x = torch.randn(40, 96, generator=g)
+    assert torch.equal(layer(x), torch.cat([layer(x[i : i + 1]) for i in range(40)]))
+
+
+def test_refusals_name_the_problem_and_leave_the_model_as_it_was():
+    narrow = random_model(tiny_config(8, hidden=16), seed=1)  # 16 inputs: not a whole group of 32
+    before = {k: v.clone() for k, v in narrow.state_dict().items()}
+    with pytest.raises(ValueError, match=r"in_features divisible by 32.*qkv_proj maps 16 -> 32"):
+        quantize_int4(narrow)
+    assert narrow.state_dict().keys() == before.keys() and not narrow.row_exact
+    assert all(torch.equal(v, before[k]) for k, v in narrow.state_dict().items())
+    with pytest.raises(ValueError, match=r"CPU float32 model, not cpu torch\.float64"):
+        quantize_int4(random_model(tiny_config(8, hidden=32), seed=1, dtype=torch.float64))
+
+
+@torch.inference_mode()
+def nodes_off_their_steps(model) -> list[int]:
+    """The nodes of a tree verified in one forward whose final hidden state differs in any bit from the one
+    their path gets one token at a time (logits checked to the fp32 output head's summation order)."""
+    prefix = [3, 1, 4, 1, 5]
+    tokens, parents = [2, 6, 0, 7, 3, 5], [-1, 0, 0, 1, 1, 3]
+    t = len(tokens)
+    mask = torch.eye(t, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        if p >= 0:
+            mask[i] |= mask[p]
+    cache = model.new_cache(1, 32)
+    model(torch.tensor([prefix]), torch.arange(len(prefix))[None], cache)
+    depth = mask.sum(-1) - 1
+    tree = model(torch.tensor([tokens]), (len(prefix) + depth)[None], cache, mask[None])
+    off = []
+    for i in range(t):
+        steps = model.new_cache(1, 32)
+        model(torch.tensor([prefix]), torch.arange(len(prefix))[None], steps)
+        for j, token in enumerate(tokens[k] for k in range(t) if mask[i, k]):
+            last = model(torch.tensor([[token]]), torch.tensor([[len(prefix) + j]]), steps)
+        if not torch.equal(tree.hidden[0, i], last.hidden[0, -1]):
+            off.append(i)
+        else:
+            assert torch.allclose(tree.logits[0, i], last.logits[0, -1], rtol=1e-6, atol=1e-6)
+    return off
+
+
+def test_a_tree_forward_gives_the_bits_of_one_token_steps(target):
+    """With `model.attend_exactly` the quantized target's law is a function of the context alone; with
+    attention masked over all rows (the fp32 path) bfloat16 rounding turns summation order into other bits."""
+    assert nodes_off_their_steps(target) == []
+    target.row_exact = False
+    try:
+        assert nodes_off_their_steps(target), "the mutation (masked attention over all rows) went unseen"
+    finally:
+        target.row_exact = True
+
+
+@pytest.mark.parametrize(("tree", "params"), [(None, SamplingParams(1.0)), (SMALL_DYNAMIC, SamplingParams(0.7)),
+                                              (SMALL_SAMPLED, SamplingParams(1.0, top_p=0.9))])
+def test_speculation_samples_the_quantized_targets_law(target, tree, params):
+    """SpS (tree None) and EAGLE with a 4-bit target follow that target's autoregressive law (G-test)."""
+    if tree is None:
+        out = generate_sps(target, int4_model(22), PROMPT, gamma=3, max_new_tokens=LENGTH, params=params, seed=3,
+                           num_samples=N)
+    else:
+        head = head_for(target, "eagle3", scale=0.5 if tree.children == "sampled" else 3.0)
+        out = generate_eagle(target, head, PROMPT, tree=tree, max_new_tokens=LENGTH, params=params, seed=4,
+                             num_samples=N)
+    assert out.stats.accepted > 0
+    law = exact_law(target, PROMPT, LENGTH, params)
+    pvalue = g_test(out.token_ids, law, LENGTH)
+    assert pvalue > ALPHA_TEST, f"G-test p = {pvalue:.3g}, TV = {total_variation(out.token_ids, law, LENGTH):.4f}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_speculation_equals_greedy_ar_of_the_quantized_target(target, seed):
+    prompt = [seed, 3, 1, 4][: 2 + seed % 3]
+    ar = generate_ar(target, prompt, max_new_tokens=24, params=GREEDY).token_ids
+    assert generate_sps(target, int4_model(22), prompt, gamma=4, max_new_tokens=24, params=GREEDY).token_ids == ar
+    head = head_for(target, "eagle", seed)
+    assert generate_eagle(target, head, prompt, tree=SMALL_DYNAMIC, max_new_tokens=24, params=GREEDY).token_ids == ar
+
+
+@pytest.mark.parametrize("swap", ["pack", "int4"])
+def test_a_packed_or_quantized_model_is_not_saved_half_empty(tmp_path, swap):
+    from specref import save_model
+    from specref.cpu import pack_linears
+
+    model = random_model(tiny_config(8, hidden=32), seed=3)
+    if swap == "pack":
+        pack_linears(model)
+    else:
+        quantize_int4(model)
+    with pytest.raises(ValueError, match=r"packed or quantized .* save it before pack_linears / quantize_int4"):
+        save_model(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
