@@ -24,7 +24,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -56,9 +56,11 @@ class Int4Linear(nn.Module):
 
     Each group g of a row is stored as codes c in 0..15 with a scale s_g and a minimum m_g: w = s_g * c + m_g,
     s_g = (max - min) / 15 (llama.cpp's Q4_1 rule, so a weight that already lies on such a grid, as the
-    default target's GGUF weights do, gets its own codes back). PyTorch's CPU kernel keeps scales and zeros in
-    bfloat16 and takes and returns bfloat16 activations, so the layer computes round_bf16(round_bf16(x) @ W^T)
-    (+ bias in fp32) with fp32 accumulation, W built from the bfloat16-rounded scales and zeros. A quantized
+    default target's GGUF weights do, gets its own codes back; its fp16 scales and minima are then rounded to
+    bfloat16, so the weights are the GGUF's up to that rounding, and a group far from zero relative to its
+    spread loses more). PyTorch's CPU kernel is fast only with bfloat16 activations (fp32 ones take a ~20x
+    slower scalar path), so the layer computes round_bf16(round_bf16(x) @ W^T) (+ bias in fp32) with fp32
+    accumulation, W built from the bfloat16 scales and zeros. A quantized
     model's logits therefore differ from its fp32 original's, and speculative decoding is lossless with respect
     to the quantized model: each row's result does not depend on how many rows a forward carries, which
     verification needs.
@@ -78,7 +80,7 @@ class Int4Linear(nn.Module):
         # The kernel computes (c - 8) * scale + zero, so zero = m + 8 s; laid out (groups, out_features, 2).
         zeros = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().bfloat16()
         self.register_buffer("scales_zeros", zeros, persistent=False)
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features).bfloat16()
@@ -87,11 +89,21 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+def check_int4_kernel() -> None:
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        raise ValueError(f"int4 weights need PyTorch's CPU int4 kernel, which torch {torch.__version__} lacks")
+
+
 def int4_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, name, layer) of each `nn.Linear` that `quantize_int4` swaps: all but the output head, checked
     against the kernel's shapes. A model built on the meta device is checked before any weights are read."""
+    check_int4_kernel()
+    if any(isinstance(m, (PackedLinear, Int4Linear)) for m in model.modules()):
+        raise ValueError("this model's layers are packed or quantized already: quantize before pack_linears")
     layers = [(module, name, child) for module in model.modules() for name, child in module.named_children()
               if isinstance(child, nn.Linear) and name != "lm_head"]
+    if not layers:
+        raise ValueError("this model has no linear layer to quantize")
     for _, name, child in layers:
         if child.in_features % INT4_GROUP or child.out_features % 16:
             raise ValueError(f"int4 weights need in_features divisible by {INT4_GROUP} and out_features by 16 "
@@ -110,8 +122,6 @@ def quantize_int4(model: Llama) -> int:
     weight = next(model.parameters())
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
         raise ValueError(f"int4 weights need a CPU float32 model, not {weight.device.type} {weight.dtype}")
-    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
-        raise ValueError(f"int4 weights need PyTorch's CPU int4 kernel, which torch {torch.__version__} lacks")
     layers = int4_layers(model)
     for module, name, child in layers:
         setattr(module, name, Int4Linear(child))

@@ -146,6 +146,8 @@ class KeyGroups(NamedTuple):
 
 
 def key_groups(mask: Tensor | None, batch: int, queries: int, device: torch.device) -> KeyGroups:
+    """Group the `queries` new tokens of each of `batch` sequences by how many rows `mask` (from
+    `attention_mask`) lets them see; one host synchronisation per forward, shared by every layer."""
     if mask is None:  # one sequence, one new token: it sees every row
         return KeyGroups([(torch.zeros(1, dtype=torch.long, device=device),) * 2 + (None, None)])
     seen = mask.expand(batch, 1, queries, -1)[:, 0]  # (B, q, rows)
@@ -213,9 +215,16 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, exact: bool = False) -> Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj((silu_exact(gate) if exact else F.silu(gate)) * up)
+
+
+def silu_exact(x: Tensor) -> Tensor:
+    """x * sigmoid(x) with the same bits for an element whatever else the tensor holds. F.silu's vector and
+    scalar code paths differ in the last bit, and where a large forward's threads split a row decides which
+    path an element takes; x / (1 + exp(-x)) agrees on both."""
+    return x / (1 + torch.exp(-x))
 
 
 class DecoderLayer(nn.Module):
@@ -229,7 +238,7 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | KeyGroups | None,
                 cache: KVCache | None, layer: int) -> Tensor:
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        return h + self.mlp(self.post_attention_layernorm(h), exact=isinstance(mask, KeyGroups))
 
 
 class Llama(nn.Module):
@@ -268,7 +277,8 @@ class Llama(nn.Module):
 
         With a cache, the new tokens attend to every cached token of their row and, among themselves, as
         `mask` (B or 1, q, q) allows (default: causal); their K/V are appended to the cache. Without a cache
-        they attend only among themselves under the same mask (a full recompute).
+        they attend only among themselves under the same mask (a full recompute). With `row_exact` set
+        (`cpu.quantize_int4`) every token's result is the same bits whatever else the forward carries.
         """
         t = input_ids.shape[1]
         if any(not 0 <= i < len(self.layers) for i in layer_inputs):

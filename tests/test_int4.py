@@ -70,6 +70,8 @@ def test_off_grid_weights_take_the_nearest_code_and_products_are_bfloat16():
     x = torch.randn(5, 2 * INT4_GROUP, generator=g)
     expected = x.bfloat16().float() @ read_back(layer).t()
     assert torch.allclose(layer(x), expected, rtol=0, atol=2**-7 * float(expected.abs().max()))
+    assert torch.equal(layer(x), layer(x).bfloat16().float())  # the product comes out in bfloat16
+    assert torch.equal(layer(x), layer(x.bfloat16().float()))  # from inputs rounded to bfloat16
     bias = torch.randn(32, generator=g)
     assert torch.equal(Int4Linear(linear(weight, bias))(x), layer(x) + bias)
 
@@ -94,11 +96,10 @@ def test_refusals_name_the_problem_and_leave_the_model_as_it_was():
 
 
 @torch.inference_mode()
-def nodes_off_their_steps(model) -> list[int]:
+def nodes_off_their_steps(model, tokens=(2, 6, 0, 7, 3, 5), parents=(-1, 0, 0, 1, 1, 3)) -> list[int]:
     """The nodes of a tree verified in one forward whose final hidden state differs in any bit from the one
     their path gets one token at a time (logits checked to the fp32 output head's summation order)."""
     prefix = [3, 1, 4, 1, 5]
-    tokens, parents = [2, 6, 0, 7, 3, 5], [-1, 0, 0, 1, 1, 3]
     t = len(tokens)
     mask = torch.eye(t, dtype=torch.bool)
     for i, p in enumerate(parents):
@@ -130,6 +131,38 @@ def test_a_tree_forward_gives_the_bits_of_one_token_steps(target):
         assert nodes_off_their_steps(target), "the mutation (masked attention over all rows) went unseen"
     finally:
         target.row_exact = True
+
+
+def test_the_exact_activation_keeps_its_bits_where_threads_split_rows():
+    """Llama-7B's MLP width (11,008) over 7 rows on 3 threads: the threads split the gate mid-row, where F.silu's
+    vector and scalar paths differ in the last bit; `silu_exact` gives every row the bits it gets alone."""
+    import torch.nn.functional as F
+
+    from specref.model import silu_exact
+
+    gate = (4 * torch.randn(7, 2 * 11008, generator=torch.Generator().manual_seed(0))).chunk(2, dim=-1)[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        off = {f.__name__: int((f(gate) != torch.cat([f(gate[i : i + 1]) for i in range(7)])).sum())
+               for f in (silu_exact, F.silu)}
+    finally:
+        torch.set_num_threads(threads)
+    assert off["silu_exact"] == 0
+    assert off["silu"] > 0, "F.silu kept its bits here: the setup no longer splits rows, so this test tests nothing"
+
+
+def test_quantizing_twice_or_after_packing_is_refused():
+    from specref.cpu import pack_linears
+
+    model = int4_model(24)
+    with pytest.raises(ValueError, match="packed or quantized already"):
+        quantize_int4(model)
+    packed = random_model(tiny_config(8, hidden=32), seed=24)
+    pack_linears(packed)
+    with pytest.raises(ValueError, match="quantize before pack_linears"):
+        quantize_int4(packed)
+    assert not packed.row_exact
 
 
 @pytest.mark.parametrize(("tree", "params"), [(None, SamplingParams(1.0)), (SMALL_DYNAMIC, SamplingParams(0.7)),
@@ -171,3 +204,14 @@ def test_a_packed_or_quantized_model_is_not_saved_half_empty(tmp_path, swap):
     with pytest.raises(ValueError, match=r"packed or quantized .* save it before pack_linears / quantize_int4"):
         save_model(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_packed_head_is_not_saved_half_empty(tmp_path):
+    from specref.cpu import pack_linears
+    from specref.formats.eagle import save_head
+
+    head = head_for(random_model(tiny_config(8, hidden=32), seed=3), "eagle")
+    pack_linears(head)
+    with pytest.raises(ValueError, match=r"fc is a PackedLinear\); save it before pack_linears"):
+        save_head(head, tmp_path / "head")
+    assert not (tmp_path / "head").exists()

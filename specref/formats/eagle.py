@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from specref.eagle import EagleHead, HeadConfig, default_layer_ids
-from specref.formats.files import atomic_directory, check_tensors, read_json_config
+from specref.formats.files import atomic_directory, check_savable, check_tensors, read_json_config
 from specref.formats.hf import WEIGHT_FILES, config_to_hf, fuse_hf, parse_rope, read_weights, split_hf
 from specref.formats.speculators import is_speculators, original_layout
 from specref.model import Llama, ModelConfig
@@ -167,6 +167,7 @@ def place_head(read: tuple[HeadConfig, dict[str, Tensor], bool], target: Llama) 
 
 def save_head(head: EagleHead, path: str | Path, *, dtype: torch.dtype | None = None) -> None:
     """Write the head in the original EAGLE layout (config.json + model.safetensors), atomically."""
+    check_savable(head)
     c = head.config
     state = split_hf(head.state_dict(), c.layer)
     if c.kind == "eagle3":

@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
+
+from specref.cpu import Int4Linear, PackedLinear
 
 
 @contextmanager
@@ -124,3 +126,12 @@ def check_tensors(what: str, state: Mapping[str, Tensor], expected: Mapping[str,
         if got.is_floating_point() != want.is_floating_point():
             raise ValueError(f"{what} tensor {name} has dtype {got.dtype}, expected "
                              f"{'a floating-point' if want.is_floating_point() else 'an integer'} tensor")
+
+
+def check_savable(model: nn.Module) -> None:
+    """Refuse a model whose layers were packed or quantized (`specref/cpu.py`): their weights are no longer the
+    plain tensors a checkpoint holds, and writing it would leave them out."""
+    swapped = next((name for name, m in model.named_modules() if isinstance(m, (PackedLinear, Int4Linear))), None)
+    if swapped is not None:
+        raise ValueError(f"cannot save a model whose layers were packed or quantized ({swapped} is a "
+                         f"{type(model.get_submodule(swapped)).__name__}); save it before pack_linears / quantize_int4")

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import Tensor
 
-from specref.formats.files import atomic_directory, check_tensors, read_json_config
+from specref.formats.files import atomic_directory, check_savable, check_tensors, read_json_config
 from specref.model import Llama, ModelConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -266,12 +266,8 @@ def save_model(model: Llama, path: str | Path, *, dtype: torch.dtype | None = No
     Weights are stored in `dtype` (default: the model's); borrowed or tied tensors are left out. A model whose
     layers were packed or quantized (`cpu.py`) is refused: its weights are no longer plain tensors.
     """
+    check_savable(model)
     config = model.config
-    with torch.device("meta"):
-        missing = sorted(Llama(config).state_dict().keys() - model.state_dict().keys())
-    if missing:
-        raise ValueError(f"cannot save a model whose layers were packed or quantized ({missing[0]} is no plain "
-                         f"tensor); save it before pack_linears / quantize_int4")
     left_out = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if config.shares_target_embeddings:
         left_out.add("embed_tokens.weight")

@@ -297,6 +297,12 @@ class CLI:
         group_list = tuple(comma_list(groups))
         if not set(group_list) <= set(GROUPS):
             raise ValueError(f"--groups must be among {','.join(GROUPS)}, got {groups!r}")
+        if "int4" in group_list:
+            from specref.cpu import check_int4_kernel
+
+            if dev.type != "cpu":
+                raise ValueError("--groups int4 runs on --device cpu (PyTorch's int4 kernel is a CPU one)")
+            check_int4_kernel()
         if plot is not None:
             from specref.tools.plots import check_plot_path
 

@@ -28,7 +28,8 @@ def median_seconds(call: Callable[[], object], reset: Callable[[], None], device
 @torch.inference_mode()
 def step_time(model: Llama, device: torch.device, tokens: int = 1) -> float:
     """Median seconds of one forward of `tokens` new tokens over a 128-token cache (1: a decoding step; more:
-    a verification of that many drafted tokens, which costs the same under any mask)."""
+    a verification of that many drafted tokens, which costs the same under any mask unless the model attends
+    exactly, per query: `model.attend_exactly`)."""
     cache = model.new_cache(1, 256)
     model(torch.arange(128, device=device)[None], torch.arange(128, device=device)[None], cache)
     ids, pos = torch.full((1, tokens), 5, device=device), 128 + torch.arange(tokens, device=device)[None]
