@@ -203,6 +203,11 @@ DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
                 "cuda": TreeSpec(total_tokens=60, depth=5, top_k=10)}
 
 
+def device_tree(device_type: str) -> TreeSpec:
+    """The default dynamic tree of a device type; types without one measured get the CPU's."""
+    return DEVICE_TREES.get(device_type, DEVICE_TREES["cpu"])
+
+
 def sample_children(logits: Tensor, m: int, params: SamplingParams, generator: torch.Generator
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """m children per row, drawn one after another without replacement from q = process_logits(logits): the

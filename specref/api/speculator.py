@@ -35,7 +35,7 @@ from specref.formats.speculators import (
 )
 from specref.logits import SamplingParams
 from specref.model import Llama, ModelConfig
-from specref.tree import DEVICE_TREES, TreeSpec
+from specref.tree import TreeSpec, device_tree
 
 ALGORITHMS = ("auto", "eagle", "hass", "eagle3")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -236,7 +236,7 @@ class Speculator:
                              f"{longest} tokens")
         target = self.load_verifier(verifier)
         params = SamplingParams(temperature, top_k=top_k, top_p=top_p) if do_sample else SamplingParams(0.0)
-        spec = tree or DEVICE_TREES.get(target.device.type, DEVICE_TREES["cpu"])
+        spec = tree or device_tree(target.device.type)
         eos = list(target.config.eos_token_id)
         out = eagle_decode.generate_batch(target, self.head_for(target), prompts, tree=spec,
                                           max_new_tokens=max_new_tokens, params=params, seed=seed,

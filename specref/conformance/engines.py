@@ -18,7 +18,7 @@ from specref.conformance.law import device_of
 from specref.eagle import EagleHead
 from specref.logits import SamplingParams
 from specref.model import Llama
-from specref.tree import DEVICE_TREES, TreeSpec
+from specref.tree import TreeSpec, device_tree
 
 SPECREF_MODES = ("ar", "sps", "eagle")
 HF_MODES = ("sample", "assisted", "prompt_lookup")
@@ -32,7 +32,7 @@ def specref_sampler(mode: str, target: Llama, length: int, params: SamplingParam
         raise ValueError(f"mode must be one of {', '.join(SPECREF_MODES)}, got {mode!r}")
     if (mode == "sps" and draft is None) or (mode == "eagle" and head is None):
         raise ValueError(f"mode {mode} needs a {'draft' if mode == 'sps' else 'head'}")
-    spec = tree or DEVICE_TREES[target.device.type if target.device.type in DEVICE_TREES else "cpu"]
+    spec = tree or device_tree(target.device.type)
 
     def sample(prompt_ids: Sequence[int], n: int, seed: int) -> list[list[int]]:
         kw: dict[str, Any] = {"max_new_tokens": length, "params": params, "seed": seed, "num_samples": n}

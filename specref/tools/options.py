@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES, SMALL_CHOICES, TreeSpec
+from specref.tree import DEFAULT_CHOICES, MEDUSA_CHOICES, SMALL_CHOICES, TreeSpec, device_tree
 
 NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES, "small": SMALL_CHOICES}
 
@@ -32,7 +32,7 @@ def tree_for(device_type: str, kind: str = "dynamic", choices: str | Sequence[Se
              total_tokens: int | None = None, depth: int | None = None, top_k: int | None = None) -> TreeSpec:
     """A tree spec from command-line values (kind dynamic, static or sampled); the dynamic tree's unset sizes
     come from the device's default."""
-    base = DEVICE_TREES.get(device_type, DEVICE_TREES["cpu"])
+    base = device_tree(device_type)
 
     def pick(value: int | None, default: int) -> int:
         return default if value is None else value
