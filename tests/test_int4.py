@@ -95,31 +95,58 @@ def test_refusals_name_the_problem_and_leave_the_model_as_it_was():
         quantize_int4(random_model(tiny_config(8, hidden=32), seed=1, dtype=torch.float64))
 
 
+def ancestor_mask(parents) -> torch.Tensor:
+    mask = torch.eye(len(parents), dtype=torch.bool)
+    for i, p in enumerate(parents):
+        if p >= 0:
+            mask[i] |= mask[p]
+    return mask
+
+
+def stepped(model, prefix, path):
+    """The output of the last of `path`'s tokens fed one at a time after `prefix`."""
+    steps = model.new_cache(1, 32)
+    model(torch.tensor([prefix]), torch.arange(len(prefix))[None], steps)
+    for j, token in enumerate(path):
+        last = model(torch.tensor([[token]]), torch.tensor([[len(prefix) + j]]), steps)
+    return last
+
+
 @torch.inference_mode()
 def nodes_off_their_steps(model, tokens=(2, 6, 0, 7, 3, 5), parents=(-1, 0, 0, 1, 1, 3)) -> list[int]:
     """The nodes of a tree verified in one forward whose final hidden state differs in any bit from the one
     their path gets one token at a time (logits checked to the fp32 output head's summation order)."""
     prefix = [3, 1, 4, 1, 5]
-    t = len(tokens)
-    mask = torch.eye(t, dtype=torch.bool)
-    for i, p in enumerate(parents):
-        if p >= 0:
-            mask[i] |= mask[p]
+    mask = ancestor_mask(parents)
     cache = model.new_cache(1, 32)
     model(torch.tensor([prefix]), torch.arange(len(prefix))[None], cache)
-    depth = mask.sum(-1) - 1
-    tree = model(torch.tensor([tokens]), (len(prefix) + depth)[None], cache, mask[None])
+    tree = model(torch.tensor([tokens]), (len(prefix) + mask.sum(-1) - 1)[None], cache, mask[None])
     off = []
-    for i in range(t):
-        steps = model.new_cache(1, 32)
-        model(torch.tensor([prefix]), torch.arange(len(prefix))[None], steps)
-        for j, token in enumerate(tokens[k] for k in range(t) if mask[i, k]):
-            last = model(torch.tensor([[token]]), torch.tensor([[len(prefix) + j]]), steps)
+    for i in range(len(tokens)):
+        last = stepped(model, prefix, [tokens[k] for k in range(len(tokens)) if mask[i, k]])
         if not torch.equal(tree.hidden[0, i], last.hidden[0, -1]):
             off.append(i)
         else:
             assert torch.allclose(tree.logits[0, i], last.logits[0, -1], rtol=1e-6, atol=1e-6)
     return off
+
+
+@torch.inference_mode()
+def test_a_ragged_batch_gives_each_sequence_its_own_bits(target):
+    """Two sequences of different lengths (padded prefill, then rolled back), each verifying its own tree in one
+    forward: every node gets the bits its path gets alone, one token at a time."""
+    prefixes = [[3, 1, 4, 1, 5], [2, 7, 1]]
+    tokens = [[2, 6, 0, 7], [5, 4, 3, 1]]
+    masks = torch.stack([ancestor_mask([-1, 0, 0, 1]), ancestor_mask([-1, 0, 1, 1])])
+    cache = target.new_cache(2, 32)
+    target(torch.tensor([p + [0] * (5 - len(p)) for p in prefixes]), torch.arange(5).expand(2, 5), cache)
+    cache.keep(torch.tensor([len(p) for p in prefixes]))
+    positions = torch.tensor([[len(p)] for p in prefixes]) + masks.sum(-1) - 1
+    tree = target(torch.tensor(tokens), positions, cache, masks)
+    for b, prefix in enumerate(prefixes):
+        for i in range(4):
+            last = stepped(target, prefix, [tokens[b][k] for k in range(4) if masks[b, i, k]])
+            assert torch.equal(tree.hidden[b, i], last.hidden[0, -1]), f"sequence {b}, node {i}"
 
 
 def test_a_tree_forward_gives_the_bits_of_one_token_steps(target):
