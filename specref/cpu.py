@@ -60,10 +60,9 @@ class Int4Linear(nn.Module):
     bfloat16, so the weights are the GGUF's up to that rounding, and a group far from zero relative to its
     spread loses more). PyTorch's CPU kernel is fast only with bfloat16 activations (fp32 ones take a ~20x
     slower scalar path), so the layer computes round_bf16(round_bf16(x) @ W^T) (+ bias in fp32) with fp32
-    accumulation, W built from the bfloat16 scales and zeros. A quantized
-    model's logits therefore differ from its fp32 original's, and speculative decoding is lossless with respect
-    to the quantized model: each row's result does not depend on how many rows a forward carries, which
-    verification needs.
+    accumulation, W built from the bfloat16 scales and zeros. A quantized model's logits therefore differ from
+    its fp32 original's, and speculative decoding is lossless with respect to the quantized model: each row's
+    result does not depend on how many rows a forward carries, which verification needs.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -94,11 +93,16 @@ def check_int4_kernel() -> None:
         raise ValueError(f"int4 weights need PyTorch's CPU int4 kernel, which torch {torch.__version__} lacks")
 
 
+def swapped_layer(model: nn.Module) -> str | None:
+    """The name of the first layer `pack_linears` or `quantize_int4` put in `model`, or None."""
+    return next((name for name, m in model.named_modules() if isinstance(m, (PackedLinear, Int4Linear))), None)
+
+
 def int4_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, name, layer) of each `nn.Linear` that `quantize_int4` swaps: all but the output head, checked
     against the kernel's shapes. A model built on the meta device is checked before any weights are read."""
     check_int4_kernel()
-    if any(isinstance(m, (PackedLinear, Int4Linear)) for m in model.modules()):
+    if swapped_layer(model) is not None:
         raise ValueError("this model's layers are packed or quantized already: quantize before pack_linears")
     layers = [(module, name, child) for module in model.modules() for name, child in module.named_children()
               if isinstance(child, nn.Linear) and name != "lm_head"]
@@ -115,9 +119,9 @@ def quantize_int4(model: Llama) -> int:
     """Swap every `nn.Linear` of a CPU fp32 model but its output head for an `Int4Linear`; return how many.
 
     The output head (tied to the embedding in small Llamas, 8-bit in the default target's GGUF) keeps its
-    weights, and attention switches to `model.attend_exactly`, so that a token's last hidden state is the same
-    bits in a one-token step, a chain or a tree. Every layer is checked before any is swapped, so a refusal
-    leaves the model as it was.
+    weights; attention and the MLP's activation switch to `model.attend_exactly` and `model.silu_exact`, so that
+    a token's last hidden state is the same bits in a one-token step, a chain or a tree. Every layer is checked
+    before any is swapped, so a refusal leaves the model as it was.
     """
     weight = next(model.parameters())
     if weight.device.type != "cpu" or weight.dtype != torch.float32:

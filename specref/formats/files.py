@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from specref.cpu import Int4Linear, PackedLinear
+from specref.cpu import swapped_layer
 
 
 @contextmanager
@@ -131,7 +131,7 @@ def check_tensors(what: str, state: Mapping[str, Tensor], expected: Mapping[str,
 def check_savable(model: nn.Module) -> None:
     """Refuse a model whose layers were packed or quantized (`specref/cpu.py`): their weights are no longer the
     plain tensors a checkpoint holds, and writing it would leave them out."""
-    swapped = next((name for name, m in model.named_modules() if isinstance(m, (PackedLinear, Int4Linear))), None)
+    swapped = swapped_layer(model)
     if swapped is not None:
         raise ValueError(f"cannot save a model whose layers were packed or quantized ({swapped} is a "
                          f"{type(model.get_submodule(swapped)).__name__}); save it before pack_linears / quantize_int4")

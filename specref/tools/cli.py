@@ -105,6 +105,16 @@ def resolve_device(device: str) -> Any:
     return dev
 
 
+def check_int4_run(flag: str, device: Any, dtype: str) -> None:
+    """4-bit weights need PyTorch's CPU int4 kernel and the float32 weights it quantizes."""
+    from specref.cpu import check_int4_kernel
+
+    if device.type != "cpu" or dtype != "float32":
+        raise ValueError(f"{flag} needs --device cpu and --dtype float32 (PyTorch's int4 kernel is a CPU one, and "
+                         "it takes the float32 weights)")
+    check_int4_kernel()
+
+
 class CLI:
     """specref: lossless speculative decoding, a readable reference."""
 
@@ -165,9 +175,8 @@ class CLI:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if quantize not in (None, "int4"):
             raise ValueError(f"--quantize must be int4 (or left out for full-precision weights), got {quantize!r}")
-        if quantize and (dev.type != "cpu" or dtype != "float32"):
-            raise ValueError("--quantize int4 needs --device cpu and --dtype float32 (PyTorch's int4 kernel is a "
-                             "CPU one, and it takes the float32 weights)")
+        if quantize:
+            check_int4_run("--quantize int4", dev, dtype)
         if prompt is not None and prompt_ids is not None:
             raise ValueError("give either a text prompt or --prompt-ids, not both")
         if prompt == "":
@@ -298,11 +307,7 @@ class CLI:
         if not set(group_list) <= set(GROUPS):
             raise ValueError(f"--groups must be among {','.join(GROUPS)}, got {groups!r}")
         if "int4" in group_list:
-            from specref.cpu import check_int4_kernel
-
-            if dev.type != "cpu":
-                raise ValueError("--groups int4 runs on --device cpu (PyTorch's int4 kernel is a CPU one)")
-            check_int4_kernel()
+            check_int4_run("--groups int4", dev, "float32")
         if plot is not None:
             from specref.tools.plots import check_plot_path
 
