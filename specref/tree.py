@@ -201,11 +201,22 @@ class TreeSpec:
 # (60 nodes are nearly free on a GPU), not yet measured by specref; run `calibrate --device cuda`.
 DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
                 "cuda": TreeSpec(total_tokens=60, depth=5, top_k=10)}
+# Two sampled children at the root, a chain of two below the first and one below the second: as many nodes (5)
+# as the CPU's dynamic tree verifies, and two head steps instead of three.
+FORK_CHOICES: list[list[int]] = [[0], [1], [0, 0], [1, 0], [0, 0, 0]]
+# Default trees at T > 0 where `calibrate --temperature 1` measured one faster than the dynamic tree. On the CPU a
+# sampled child is accepted with probability sum min(p, q), a top-ranked one with p(x) only: at T = 1 the 5-node
+# fork reaches tau 1.72 where the dynamic 6/3/4 tree reaches 1.40 (README, "Speed levers").
+SAMPLING_TREES = {"cpu": TreeSpec("static", FORK_CHOICES, children="sampled")}
 
 
-def device_tree(device_type: str) -> TreeSpec:
-    """The default dynamic tree of a device type; types without one measured get the CPU's."""
-    return DEVICE_TREES.get(device_type, DEVICE_TREES["cpu"])
+def device_tree(device_type: str, params: SamplingParams | None = None) -> TreeSpec:
+    """The default tree of a device type for decoding with `params` (default greedy): its sampled tree at T > 0
+    where one was measured, else its dynamic tree; types without one measured get the CPU's."""
+    measured = device_type if device_type in DEVICE_TREES else "cpu"
+    if params is not None and not params.greedy and measured in SAMPLING_TREES:
+        return SAMPLING_TREES[measured]
+    return DEVICE_TREES[measured]
 
 
 def sample_children(logits: Tensor, m: int, params: SamplingParams, generator: torch.Generator
@@ -216,12 +227,18 @@ def sample_children(logits: Tensor, m: int, params: SamplingParams, generator: t
     chosen from q alone, so delta-verification keeps them lossless). Returns tokens (B, m), q (B, V) and
     whether each row sampled (B,)."""
     q = process_logits(logits, params)
+    sampled, top = (q > 0).sum(-1) >= m, logits.topk(m, dim=-1).indices
+    if not sampled.any():
+        return top, q, sampled
+    # Keys only where some row's q is positive (a head's reduced vocabulary, less after top-k/top-p): a token
+    # with q = 0 has key -inf and is never drawn, so the law is the same at a fraction of the noise.
+    support = (q > 0).any(0).nonzero()[:, 0]
     # float64 uniforms in (0, 1): float32 ones would bound the noise and leave tokens below ~1e-9 of the top
     # one undrawable, a law slightly off the q the verifier is given
-    u = torch.rand(q.shape, generator=generator, dtype=torch.float64, device=q.device).clamp(1e-300, 1 - 2**-53)
-    drawn = (q.double().log() - torch.log(-torch.log(u))).topk(m, dim=-1).indices
-    sampled = (q > 0).sum(-1) >= m
-    return torch.where(sampled[:, None], drawn, logits.topk(m, dim=-1).indices), q, sampled
+    u = torch.rand((q.shape[0], len(support)), generator=generator, dtype=torch.float64,
+                   device=q.device).clamp(1e-300, 1 - 2**-53)
+    drawn = support[(q[:, support].double().log() - torch.log(-torch.log(u))).topk(m, dim=-1).indices]
+    return torch.where(sampled[:, None], drawn, top), q, sampled
 
 
 def grow_static(choices: list[list[int]], head: EagleHead, cache: KVCache, root_g: Tensor, root_logits: Tensor,

@@ -221,6 +221,31 @@ def heads(checkpoints, tmp_path_factory):
     return root
 
 
+def test_calibrate_tries_sampled_trees_only_when_sampling(checkpoints, heads, tmp_path, monkeypatch):
+    """calibrate on a tiny pair: at T = 0 the dynamic grid, at T > 0 also every sampled static tree; each row a
+    real measurement (tau >= 1) and the best one first. Bad settings are refused before any model."""
+    from specref.tools import calibrate as cal
+
+    monkeypatch.setattr(cal, "calibrate", lambda *_, **__: pytest.fail("calibrate ran"))
+    for kwargs, needle in (({"temperature": -1.0}, "temperature must be"), ({"seed": -1}, "seed must be"),
+                           ({"max_new_tokens": 0}, "max_new_tokens")):
+        with pytest.raises(ValueError, match=needle):
+            CLI().calibrate(**kwargs)
+    monkeypatch.undo()
+    monkeypatch.setattr(cal, "default_target_dir", lambda: checkpoints[0])
+    monkeypatch.setattr(cal, "default_head_dir", lambda: heads / "eagle3")
+    for temperature in (0.0, 1.0):
+        result = cal.calibrate(str(tmp_path / "c.json"), prompts=1, max_new_tokens=4, temperature=temperature)
+        names = [r["tree"] for r in result["rows"]]
+        sampled = {n for n in names if n.startswith("sampled ")}
+        assert sampled == (set() if temperature == 0 else {f"sampled {k}" for k in cal.SAMPLED_GRID})
+        assert len(names) - len(sampled) == len([n for n in names if n.startswith("dynamic ")]) > 30
+        assert all(r["tau"] >= 1 for r in result["rows"])
+        speeds = [r["tokens_per_s"] for r in result["rows"]]
+        assert speeds == sorted(speeds, reverse=True)
+        assert json.loads((tmp_path / "c.json").read_text())["temperature"] == temperature
+
+
 @pytest.mark.parametrize(("kind", "tree"), [("eagle", ["--tree", "static", "--choices", "medusa"]),
                                             ("eagle3", ["--total-tokens", "6", "--depth", "3", "--tree-top-k", "2"]),
                                             ("eagle", ["--tree", "sampled", "--choices", "small"])])

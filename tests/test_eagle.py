@@ -174,13 +174,20 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
 
     import numpy as np
 
-    from specref.tools.options import parse_tree, read_choices
-    from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, MEDUSA_CHOICES, static_tree, tree_buffers
+    from specref.tools.options import parse_tree, read_choices, tree_for
+    from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, FORK_CHOICES, MEDUSA_CHOICES, static_tree, tree_buffers
 
     for choices, per_depth in ((DEFAULT_CHOICES, [4, 8, 8, 3, 2]), (MEDUSA_CHOICES, [10, 28, 22, 3])):
         depth, _ = tree_buffers(static_tree(choices)[0])
         assert np.bincount(depth)[1:].tolist() == per_depth
     assert parse_tree("dynamic", "cuda") == DEVICE_TREES["cuda"]
+    # the default tree follows the temperature: sampled children pay at T > 0 on a CPU (README, speed levers)
+    greedy, sampling = SamplingParams(0.0), SamplingParams(0.8)
+    assert parse_tree("default", "cpu", greedy) == parse_tree("dynamic") == DEVICE_TREES["cpu"]
+    assert parse_tree("default", "cpu", sampling) == TreeSpec("static", FORK_CHOICES, children="sampled")
+    assert parse_tree("default", "mps", sampling) == parse_tree("default", "cpu", sampling)  # unmeasured: the CPU's
+    assert parse_tree("default", "cuda", sampling) == DEVICE_TREES["cuda"]  # none measured on CUDA yet
+    assert tree_for("cpu", params=sampling, depth=5) == TreeSpec(total_tokens=6, depth=5, top_k=4)  # sizes: dynamic
     assert parse_tree("dynamic:9:3:2") == TreeSpec(total_tokens=9, depth=3, top_k=2)
     assert parse_tree("static:medusa").choices == MEDUSA_CHOICES
     for text, choices in (("sampled", DEFAULT_CHOICES), ("sampled:medusa", MEDUSA_CHOICES)):
@@ -217,6 +224,16 @@ def test_sample_children_draws_without_replacement_from_q():
     narrow = SamplingParams(1.0, top_k=1)  # one token left: two children cannot both be sampled
     drawn, _, sampled = sample_children(logits[:3], 2, narrow, gen)
     assert not sampled.any() and drawn.tolist() == [[0, 1]] * 3
+    # Rows with different supports (a head's reduced vocabulary, per-row top-k): noise is drawn only over
+    # tokens some row can take, and each row still draws from its own q alone, with the same law.
+    inf = float("-inf")
+    mixed = torch.tensor([[inf, 1.0, inf, 0.0, inf, -1.0], [inf, inf, 0.5, 0.5, inf, inf]],
+                         dtype=torch.float64).repeat(20_000, 1)
+    drawn, q, sampled = sample_children(mixed, 2, SamplingParams(1.0), gen)
+    assert sampled.all() and (q.gather(1, drawn) > 0).all()  # every draw inside its own row's support
+    first, law = Counter(drawn[::2, 0].tolist()), q[0]
+    assert set(drawn[1::2].flatten().tolist()) == {2, 3}
+    assert chisquare([first[t] for t in (1, 3, 5)], [float(law[t]) * 20_000 for t in (1, 3, 5)]).pvalue > 1e-6
 
 
 def test_sampled_children_are_drawn_and_verified_by_their_kind(target, monkeypatch):

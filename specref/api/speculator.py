@@ -236,7 +236,7 @@ class Speculator:
                              f"{longest} tokens")
         target = self.load_verifier(verifier)
         params = SamplingParams(temperature, top_k=top_k, top_p=top_p) if do_sample else SamplingParams(0.0)
-        spec = tree or device_tree(target.device.type)
+        spec = tree or device_tree(target.device.type, params)
         eos = list(target.config.eos_token_id)
         out = eagle_decode.generate_batch(target, self.head_for(target), prompts, tree=spec,
                                           max_new_tokens=max_new_tokens, params=params, seed=seed,

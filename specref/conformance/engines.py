@@ -26,13 +26,13 @@ HF_MODES = ("sample", "assisted", "prompt_lookup")
 
 def specref_sampler(mode: str, target: Llama, length: int, params: SamplingParams, *, draft: Llama | None = None,
                     head: EagleHead | None = None, gamma: int = 4, tree: TreeSpec | None = None) -> Sampler:
-    """specref's AR, SpS (needs `draft`) or EAGLE (needs `head`; default tree: the device's) as a sampler: all n
-    continuations in one batch, seeded by `seed`."""
+    """specref's AR, SpS (needs `draft`) or EAGLE (needs `head`; default tree: the device's for `params`) as a
+    sampler: all n continuations in one batch, seeded by `seed`."""
     if mode not in SPECREF_MODES:
         raise ValueError(f"mode must be one of {', '.join(SPECREF_MODES)}, got {mode!r}")
     if (mode == "sps" and draft is None) or (mode == "eagle" and head is None):
         raise ValueError(f"mode {mode} needs a {'draft' if mode == 'sps' else 'head'}")
-    spec = tree or device_tree(target.device.type)
+    spec = tree or device_tree(target.device.type, params)
 
     def sample(prompt_ids: Sequence[int], n: int, seed: int) -> list[list[int]]:
         kw: dict[str, Any] = {"max_new_tokens": length, "params": params, "seed": seed, "num_samples": n}

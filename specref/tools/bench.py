@@ -75,7 +75,8 @@ POOLED = ("tokens", "accepted", "tried", "rounds", "nodes")  # counts summed ove
 
 def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
           gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: tuple[float, ...] = (0.0, 1.0),
-          device: str = "cpu", pack: bool = True, seed: int = 0, trees: tuple[str, ...] = ("dynamic", "static"),
+          device: str = "cpu", pack: bool = True, seed: int = 0,
+          trees: tuple[str, ...] = ("default", "dynamic", "static"),
           groups: tuple[str, ...] = GROUPS[:3], plot: str | None = None) -> dict[str, Any]:
     """Time the rows of `groups` (of GROUPS; default sps, assisted, eagle) beside the baselines HF AR and
     specref AR; with `plot`, draw them there (`tools/plots.py::speculation_figure`)."""
@@ -95,7 +96,6 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     target = load_model(target_dir, device=dev)
     draft = load_draft(draft_dir, target)
     head = load_head(default_head_dir(), target)
-    tree_specs = [parse_tree(t, dev.type) for t in trees] if {"eagle", "int4"} & set(groups) else []
     hf_target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to(dev).eval()
     hf_draft = to_transformers(standalone_draft(draft, target))  # before packing; a full output head
     floor, bandwidth = weight_read_floor(target)  # before packing: packed weights are no parameters
@@ -163,6 +163,9 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
                          n_ubatch=1, verbose=False)
     rows: list[tuple[str, float, Any]] = []
     for temp in temperatures:
+        # the trees at this temperature (`default` is the device's tree for it), each once
+        named = {describe(t): t for t in (parse_tree(text, dev.type, SamplingParams(temp)) for text in trees)}
+        tree_specs = list(named.values()) if {"eagle", "int4"} & set(groups) else []
         rows += [("HF AR", temp, lambda p, r: hf_run(None, p, r)),
                  ("specref AR", temp, lambda p, r: specref_run(None, p, r))]
         if "sps" in groups:
@@ -181,28 +184,33 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             if llama is not None:
                 rows += [("llama.cpp Q4_1 GGUF", temp, lambda p, r: llama_cpp_run(llama, inputs, max_new_tokens, p,
                                                                                   seed + 100 * (r + 1), r))]
-    results, greedy_outputs = [], {}
+    # The rows take turns, one repeat each per pass, so that a machine whose speed drifts over the minutes of a
+    # bench (shared or throttled CPUs) slows every row alike instead of whichever ran during a slow spell.
+    measured: list[list[dict]] = [[] for _ in rows]
+    greedy_outputs = {}
     with tqdm(total=len(rows) * repeats, desc="bench", unit="run") as bar:
-        for name, temp, fn in rows:
-            params = SamplingParams(temp)
-            fn(params, -1)
-            runs = []
-            for rep in range(repeats):
+        for rep in range(repeats):
+            for (name, temp, fn), runs in zip(rows, measured, strict=True):
+                params = SamplingParams(temp)
+                if rep == 0:
+                    fn(params, -1)
                 outs, r = fn(params, rep)
                 runs.append(r)
                 bar.update(1)
                 if temp == 0 and rep == 0:
                     greedy_outputs[name] = outs
-            # speed: the median repeat; acceptance: pooled over every repeat, so alpha, tau and the position
-            # acceptance describe the same rounds
-            n = {k: sum(r.get(k, 0) for r in runs) for k in POOLED}
-            hist = [sum(col) for col in zip_longest(*(r.get("hist", []) for r in runs), fillvalue=0)]
-            results.append({"method": name, "temperature": temp,
-                            "tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
-                            "tokens": runs[0]["tokens"], "alpha": n["accepted"] / n["tried"] if n["tried"] else None,
-                            "tau": n["tokens"] / n["rounds"] if n["rounds"] else None,
-                            "tree_size": n["nodes"] / n["rounds"] if n["nodes"] else None,
-                            "position_acceptance": position_acceptance(hist) or None})
+    results = []
+    for (name, temp, _), runs in zip(rows, measured, strict=True):
+        # speed: the median repeat; acceptance: pooled over every repeat, so alpha, tau and the position
+        # acceptance describe the same rounds
+        n = {k: sum(r.get(k, 0) for r in runs) for k in POOLED}
+        hist = [sum(col) for col in zip_longest(*(r.get("hist", []) for r in runs), fillvalue=0)]
+        results.append({"method": name, "temperature": temp,
+                        "tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
+                        "tokens": runs[0]["tokens"], "alpha": n["accepted"] / n["tried"] if n["tried"] else None,
+                        "tau": n["tokens"] / n["rounds"] if n["rounds"] else None,
+                        "tree_size": n["nodes"] / n["rounds"] if n["nodes"] else None,
+                        "position_acceptance": position_acceptance(hist) or None})
     for r in results:
         base = {m["method"]: m["tokens_per_s"] for m in results if m["temperature"] == r["temperature"]}
         own = "specref AR int4" if r["method"].endswith("int4") or r["method"].startswith("llama.cpp") else "specref AR"

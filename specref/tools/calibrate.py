@@ -1,10 +1,13 @@
-"""`python -m specref calibrate`: measure which dynamic tree decodes fastest on this device.
+"""`python -m specref calibrate`: measure which draft tree decodes fastest on this device.
 
 A round of EAGLE decoding costs about  depth * head(top_k) + target(total_tokens) + overhead  and emits tau
 tokens, so the best tree trades acceptance (tau grows with the tree) against the cost of scoring it. On a GPU
 target(n) is flat up to tens of tokens; on a CPU it grows with n, and every expansion level runs the head's
-output layer over top_k rows. This measures the cost curves, then greedy tokens/s and tau for a grid of
+output layer over top_k rows. This measures the cost curves, then tokens/s and tau for a grid of dynamic trees
 (total_tokens, depth, top_k) on held-out prompts, and prints the best setting (for `specref/tree.py::DEVICE_TREES`).
+At T > 0 the grid also holds small static trees whose children are sampled from the head's law
+(`SAMPLED_GRID`, for `specref/tree.py::SAMPLING_TREES`): their children are accepted with probability
+sum min(p, q) instead of p(x), which pays when the laws are flat.
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ from specref.formats.hf import load_model, load_tokenizer
 from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
 from specref.tools.timing import median_seconds, step_time
-from specref.tree import TreeSpec
+from specref.tree import SMALL_CHOICES, TreeSpec
 
 GRID = {"total_tokens": (6, 10, 16, 24, 32), "depth": (3, 4, 6), "top_k": (2, 4, 8)}
+# Static trees with sampled children, tried at T > 0: chains, and chains with a second (and third) draw at the
+# root and at depth 1. Sampled children must be the first draws, so every node's children have ranks 0..m-1.
+SAMPLED_GRID = {
+    "chain1": [[0]], "chain2": [[0], [0, 0]], "chain3": [[0], [0, 0], [0, 0, 0]],
+    "chain4": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]], "fork3": [[0], [1], [0, 0]],
+    "fork4": [[0], [1], [0, 0], [0, 0, 0]], "fork5": [[0], [1], [0, 0], [1, 0], [0, 0, 0]],
+    "small": SMALL_CHOICES,
+}
 
 
 @torch.inference_mode()
@@ -37,8 +48,9 @@ def head_step_time(head: EagleHead, device: torch.device, tokens: int) -> float:
     cache = head.new_cache(1, 256)
     width = head.config.hidden if head.config.kind == "eagle" else 3 * head.target.config.hidden_size
     feats = torch.zeros(1, 128, width, dtype=head.dtype, device=device)
-    head(torch.arange(128, device=device)[None], feats, torch.arange(128, device=device)[None], cache)
-    ids = torch.full((1, tokens), 5, device=device)
+    positions = torch.arange(128, device=device)[None]
+    head(positions % head.config.layer.vocab_size, feats, positions, cache)  # any tokens: same cost
+    ids = torch.full((1, tokens), 1, device=device)
     g = torch.zeros(1, tokens, head.config.hidden, dtype=head.dtype, device=device)
     pos = torch.full((1, tokens), 128, device=device)
     mask = torch.eye(tokens, dtype=torch.bool, device=device)[None]
@@ -46,8 +58,8 @@ def head_step_time(head: EagleHead, device: torch.device, tokens: int) -> float:
 
 
 def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
-              pack: bool = True) -> dict[str, Any]:
-    dev = torch.device(device)
+              pack: bool = True, temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
+    dev, params = torch.device(device), SamplingParams(temperature)
     target_dir = default_target_dir()
     tok = load_tokenizer(target_dir)
     inputs = [encode(tok, t) for t in load_prompts("heldout")[-prompts:]]  # not the prompts the bench reports
@@ -63,8 +75,9 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
 
     def run(tree: TreeSpec | None) -> tuple[float, float]:
         tokens, seconds, rounds = 0, 0.0, 0
-        for ids in inputs:
-            kw = {"max_new_tokens": max_new_tokens, "params": SamplingParams(0.0), "eos_token_ids": [tok.eos_token_id]}
+        for i, ids in enumerate(inputs):  # the same seeds for every tree: at T > 0 the texts differ all the same
+            kw = {"max_new_tokens": max_new_tokens, "params": params, "seed": seed + i,
+                  "eos_token_ids": [tok.eos_token_id]}
             g = (autoregressive.generate(target, ids, **kw) if tree is None
                  else eagle_decode.generate(target, head, ids, tree=tree, **kw))
             tokens, seconds, rounds = tokens + g.stats.new_tokens, seconds + g.stats.wall_time, rounds + g.stats.rounds
@@ -72,24 +85,29 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
 
     run(TreeSpec(total_tokens=4, depth=2, top_k=2))  # warm-up
     ar, _ = run(None)
-    grid = [TreeSpec(total_tokens=t, depth=d, top_k=k) for t, d, k in itertools.product(*GRID.values())
-            if t - 1 <= k + d * k * k]  # skip trees the expansion cannot fill
+    grid = {f"dynamic {t}/{d}/{k}": TreeSpec(total_tokens=t, depth=d, top_k=k)
+            for t, d, k in itertools.product(*GRID.values()) if t - 1 <= k + d * k * k}  # skip unfillable trees
+    if not params.greedy:
+        grid |= {f"sampled {name}": TreeSpec("static", choices, children="sampled")
+                 for name, choices in SAMPLED_GRID.items()}
     rows = []
-    for tree in tqdm(grid, desc="trees", unit="tree"):
+    for name, tree in tqdm(grid.items(), desc="trees", unit="tree"):
         tps, tau = run(tree)
-        rows.append({"total_tokens": tree.total_tokens, "depth": tree.depth, "top_k": tree.top_k,
-                     "tokens_per_s": tps, "speedup_vs_ar": tps / ar, "tau": tau})
+        rows.append({"tree": name, "tokens_per_s": tps, "speedup_vs_ar": tps / ar, "tau": tau}
+                    | ({"total_tokens": tree.total_tokens, "depth": tree.depth, "top_k": tree.top_k}
+                       if tree.kind == "dynamic" else {"choices": tree.choices}))
     rows.sort(key=lambda r: -r["tokens_per_s"])
-    print(f"specref AR: {ar:.1f} tok/s")
-    print(f"{'total':>5s} {'depth':>5s} {'top_k':>5s} {'tok/s':>7s} {'vs AR':>6s} {'tau':>5s}")
+    print(f"specref AR at T = {temperature:g}: {ar:.1f} tok/s")
+    print(f"{'tree':>20s} {'tok/s':>7s} {'vs AR':>6s} {'tau':>5s}")
     for r in rows[:10]:
-        print(f"{r['total_tokens']:5d} {r['depth']:5d} {r['top_k']:5d} {r['tokens_per_s']:7.1f} "
-              f"{r['speedup_vs_ar']:6.2f} {r['tau']:5.2f}")
+        print(f"{r['tree']:>20s} {r['tokens_per_s']:7.1f} {r['speedup_vs_ar']:6.2f} {r['tau']:5.2f}")
     best = rows[0]
-    print(f"best on {dev.type}: TreeSpec(total_tokens={best['total_tokens']}, depth={best['depth']}, "
-          f"top_k={best['top_k']})")
-    result = {"device": dev.type, "ar_tokens_per_s": ar, "target_forward_ms": target_ms, "head_step_ms": head_ms,
-              "prompts": prompts, "max_new_tokens": max_new_tokens, "rows": rows}
+    print(f"best on {dev.type} at T = {temperature:g}: " + (
+        f"TreeSpec(total_tokens={best['total_tokens']}, depth={best['depth']}, top_k={best['top_k']})"
+        if "choices" not in best else f"TreeSpec('static', {best['choices']}, children='sampled')"))
+    result = {"device": dev.type, "temperature": temperature, "seed": seed, "ar_tokens_per_s": ar,
+              "target_forward_ms": target_ms, "head_step_ms": head_ms, "prompts": prompts,
+              "max_new_tokens": max_new_tokens, "rows": rows}
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -123,7 +123,7 @@ class CLI:
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
                  dtype: str = "float32", prompt_ids: Any = None, num_samples: int = 1, output: str = "text",
                  greedy_draft: bool = False, raw: bool = False, pack: bool = True, eagle: str | None = None,
-                 tree: str = "dynamic", choices: Any = "eagle", total_tokens: int | None = None,
+                 tree: str = "default", choices: Any = "eagle", total_tokens: int | None = None,
                  depth: int | None = None, tree_top_k: int | None = None, show_rounds: bool = False,
                  show_tree: str | None = None, quantize: str | None = None) -> None:
         """Continue PROMPT (text) or --prompt-ids with the target, speculatively drafted by --draft.
@@ -136,10 +136,12 @@ class CLI:
         stores the target's and the draft's layers as 4-bit weights (CPU, float32; a different target, whose law
         every method then samples exactly: see the README).
         EAGLE: --eagle DIR (an EAGLE-1/2, HASS or EAGLE-3 head; default: the shipped head of the default target),
-        --tree dynamic|static|sampled; static trees: --choices eagle (EAGLE's default, 25 paths) | medusa
-        (Medusa's 63 nodes) | small (7 nodes) | a JSON file of paths; sampled: a static tree whose children
-        are drawn from the head's law at T > 0 (top-ranked at T = 0); dynamic trees (EAGLE-2):
+        --tree default|dynamic|static|sampled; static trees: --choices eagle (EAGLE's default, 25 paths) |
+        medusa (Medusa's 63 nodes) | small (7 nodes) | fork (5 nodes) | a JSON file of paths; sampled: a static
+        tree whose children are drawn from the head's law at T > 0 (top-ranked at T = 0); dynamic trees (EAGLE-2):
         --total-tokens, --depth, --tree-top-k (defaults per device: `python -m specref calibrate` measures them).
+        default: the device's dynamic tree at T = 0 and, on a CPU, the sampled fork at T > 0 (a dynamic tree
+        when --total-tokens, --depth or --tree-top-k is given).
         Pictures: --show-rounds prints each round of the first sample in colour (accepted drafts green, the
         rejected one red, the correction yellow or the bonus blue); --show-tree OUT.svg (EAGLE) draws the first
         round's tree with the target's probabilities on its edges and the accepted path highlighted.
@@ -163,7 +165,7 @@ class CLI:
         # Every argument is checked before any weights are read.
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
         dev = resolve_device(device)
-        tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k)
+        tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k, params)
         check_count("gamma", gamma)
         check_count("num_samples", num_samples)
         check_run(max_new_tokens, seed)
@@ -277,14 +279,15 @@ class CLI:
 
     def bench(self, out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
               gammas: Any = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: Any = (0.0, 1.0), device: str = "cpu",
-              pack: bool = True, seed: int = 0, trees: Any = ("dynamic", "static"),
+              pack: bool = True, seed: int = 0, trees: Any = ("default", "dynamic", "static"),
               groups: Any = ("sps", "assisted", "eagle"), plot: str | None = None) -> None:
         """Time HF generate(), specref AR, specref SpS (each --gammas), HF assisted generation and specref EAGLE
-        (each --trees: dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa, sampled) on the default pair, in one
-        run on the held-out prompts; --groups picks among sps,assisted,eagle,int4 (int4: specref AR and EAGLE
-        on the 4-bit target, and llama.cpp on the GGUF when llama-cpp-python is installed). Prints the table and writes
-        OUT/bench.json; --plot OUT.png draws tokens/s, τ and speed-up against γ (measured and predicted from α
-        and c) and the acceptance of each draft position (needs matplotlib)."""
+        (each --trees: default, dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa, sampled; a tree that
+        equals another at some temperature runs once there) on the default pair, in one run on the held-out
+        prompts, the repeats of every row taking turns; --groups picks among sps,assisted,eagle,int4 (int4:
+        specref AR and EAGLE on the 4-bit target, and llama.cpp on the GGUF when llama-cpp-python is installed).
+        Prints the table and writes OUT/bench.json; --plot OUT.png draws tokens/s, τ and speed-up against γ
+        (measured and predicted from α and c) and the acceptance of each draft position (needs matplotlib)."""
         from specref.checks import check_count
         from specref.logits import SamplingParams
         from specref.tools.bench import GROUPS, bench
@@ -320,15 +323,19 @@ class CLI:
               plot=plot)
 
     def calibrate(self, out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
-                  pack: bool = True) -> None:
-        """Measure target and head costs by tree size, then greedy EAGLE tokens/s for a grid of dynamic trees
-        on held-out prompts; print the fastest (the per-device defaults come from this). OUT: a JSON file."""
-        from specref.checks import check_count
+                  pack: bool = True, temperature: float = 0.0, seed: int = 0) -> None:
+        """Measure target and head costs by tree size, then EAGLE tokens/s at --temperature for a grid of
+        dynamic trees on held-out prompts (at T > 0 also small static trees with sampled children); print the
+        fastest (the per-device defaults come from this). OUT: a JSON file."""
+        from specref.checks import check_count, check_run
+        from specref.logits import SamplingParams
         from specref.tools.calibrate import calibrate
 
         check_count("prompts", prompts)
-        check_count("max_new_tokens", max_new_tokens)
-        calibrate(out, prompts=prompts, max_new_tokens=max_new_tokens, device=str(resolve_device(device)), pack=pack)
+        check_run(max_new_tokens, seed)
+        SamplingParams(temperature)  # refuses a negative or non-finite temperature before any model work
+        calibrate(out, prompts=prompts, max_new_tokens=max_new_tokens, device=str(resolve_device(device)), pack=pack,
+                  temperature=temperature, seed=seed)
 
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                     vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,

@@ -1,6 +1,7 @@
 """Command-line spellings of draft trees: `--tree`, `--choices`, `--total-tokens`/`--depth`/`--tree-top-k`, and the
-bench's `--trees` list (`dynamic`, `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`, `sampled`,
-`sampled:CHOICES`). `sampled` is a static tree whose children are drawn from the head's law at T > 0."""
+bench's `--trees` list (`default`, `dynamic`, `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`, `sampled`,
+`sampled:CHOICES`). `sampled` is a static tree whose children are drawn from the head's law at T > 0; `default`
+is the device's tree for the temperature (`specref/tree.py::device_tree`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from specref.tree import DEFAULT_CHOICES, MEDUSA_CHOICES, SMALL_CHOICES, TreeSpec, device_tree
+from specref.logits import SamplingParams
+from specref.tree import DEFAULT_CHOICES, FORK_CHOICES, MEDUSA_CHOICES, SMALL_CHOICES, TreeSpec, device_tree
 
-NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES, "small": SMALL_CHOICES}
+NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES, "small": SMALL_CHOICES, "fork": FORK_CHOICES}
 
 
 def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
@@ -28,29 +30,37 @@ def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
         raise ValueError(f"--choices {value}: not a JSON list of paths ({e})") from None
 
 
-def tree_for(device_type: str, kind: str = "dynamic", choices: str | Sequence[Sequence[int]] = "eagle",
-             total_tokens: int | None = None, depth: int | None = None, top_k: int | None = None) -> TreeSpec:
-    """A tree spec from command-line values (kind dynamic, static or sampled); the dynamic tree's unset sizes
-    come from the device's default."""
+def tree_for(device_type: str, kind: str = "default", choices: str | Sequence[Sequence[int]] = "eagle",
+             total_tokens: int | None = None, depth: int | None = None, top_k: int | None = None,
+             params: SamplingParams | None = None) -> TreeSpec:
+    """A tree spec from command-line values: kind default (the device's tree for `params`, or a dynamic one when
+    any of its sizes is given), dynamic, static or sampled; the dynamic tree's unset sizes come from the
+    device's default."""
+    sizes = (total_tokens, depth, top_k)
+    if kind == "default" and all(v is None for v in sizes):
+        return device_tree(device_type, params)
     base = device_tree(device_type)
 
     def pick(value: int | None, default: int) -> int:
         return default if value is None else value
 
-    shape, children = ("static", "sampled") if kind == "sampled" else (kind, "top")
+    shape, children = ("static", "sampled") if kind == "sampled" else ("dynamic" if kind == "default" else kind, "top")
     return TreeSpec(shape, read_choices(choices), pick(total_tokens, base.total_tokens), pick(depth, base.depth),
                     pick(top_k, base.top_k), children)
 
 
-def parse_tree(text: str, device_type: str = "cpu") -> TreeSpec:
-    """`dynamic` (the device default), `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`, `sampled` or
-    `sampled:CHOICES` (CHOICES a name or a JSON file), as the bench's --trees takes them."""
+def parse_tree(text: str, device_type: str = "cpu", params: SamplingParams | None = None) -> TreeSpec:
+    """`default` (the device's tree for `params`), `dynamic` (the device's dynamic tree),
+    `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`, `sampled` or `sampled:CHOICES` (CHOICES a name or a
+    JSON file), as the bench's --trees takes them."""
     kind, _, rest = text.partition(":")
     if kind in ("static", "sampled"):
         return tree_for(device_type, kind, rest or "eagle")
+    if text == "default":
+        return device_tree(device_type, params)
     sizes = rest.split(":") if rest else []
     if kind != "dynamic" or len(sizes) not in (0, 3) or not all(v.isdigit() for v in sizes):
-        raise ValueError(f"tree {text!r}: expected dynamic, dynamic:TOTAL:DEPTH:TOP_K, static[:CHOICES] or "
+        raise ValueError(f"tree {text!r}: expected default, dynamic, dynamic:TOTAL:DEPTH:TOP_K, static[:CHOICES] or "
                          "sampled[:CHOICES]")
     return tree_for(device_type, "dynamic", "eagle", *map(int, sizes))
 

@@ -30,9 +30,9 @@ def step_time(model: Llama, device: torch.device, tokens: int = 1) -> float:
     """Median seconds of one forward of `tokens` new tokens over a 128-token cache (1: a decoding step; more:
     a verification of that many drafted tokens, which costs the same under any mask unless the model attends
     exactly, per query: `model.attend_exactly`)."""
-    cache = model.new_cache(1, 256)
-    model(torch.arange(128, device=device)[None], torch.arange(128, device=device)[None], cache)
-    ids, pos = torch.full((1, tokens), 5, device=device), 128 + torch.arange(tokens, device=device)[None]
+    cache, positions = model.new_cache(1, 256), torch.arange(128, device=device)[None]
+    model(positions % model.config.vocab_size, positions, cache)  # any tokens: the cost does not depend on them
+    ids, pos = torch.full((1, tokens), 1, device=device), 128 + torch.arange(tokens, device=device)[None]
     return median_seconds(lambda: model(ids, pos, cache), lambda: cache.keep(torch.tensor([128])), device)
 
 
