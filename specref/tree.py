@@ -204,9 +204,10 @@ DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
 # Two sampled children at the root, a chain of two below the first and one below the second: as many nodes (5)
 # as the CPU's dynamic tree verifies, and two head steps instead of three.
 FORK_CHOICES: list[list[int]] = [[0], [1], [0, 0], [1, 0], [0, 0, 0]]
-# Default trees at T > 0 where `calibrate --temperature 1` measured one faster than the dynamic tree. On the CPU a
-# sampled child is accepted with probability sum min(p, q), a top-ranked one with p(x) only: at T = 1 the 5-node
-# fork reaches tau 1.72 where the dynamic 6/3/4 tree reaches 1.40 (README, "Speed levers").
+# Default trees at T > 0 where one was measured faster than the dynamic tree (`bench --temperatures 1`, `calibrate
+# --temperature 1`). A sampled child is accepted with probability sum min(p, q), a top-ranked one with p(x) only:
+# on the CPU at T = 1 the 5-node fork reached tau 1.68 and 1.16x AR where the dynamic 6/3/4 tree reached 1.41 and
+# 1.04x (README, "Speed levers").
 SAMPLING_TREES = {"cpu": TreeSpec("static", FORK_CHOICES, children="sampled")}
 
 

@@ -223,7 +223,7 @@ def heads(checkpoints, tmp_path_factory):
 
 def test_calibrate_tries_sampled_trees_only_when_sampling(checkpoints, heads, tmp_path, monkeypatch):
     """calibrate on a tiny pair: at T = 0 the dynamic grid, at T > 0 also every sampled static tree; each row a
-    real measurement (tau >= 1) and the best one first. Bad settings are refused before any model."""
+    real measurement (tau >= 1), the best speed-up over AR first. Bad settings are refused before any model."""
     from specref.tools import calibrate as cal
 
     monkeypatch.setattr(cal, "calibrate", lambda *_, **__: pytest.fail("calibrate ran"))
@@ -241,8 +241,10 @@ def test_calibrate_tries_sampled_trees_only_when_sampling(checkpoints, heads, tm
         assert sampled == (set() if temperature == 0 else {f"sampled {k}" for k in cal.SAMPLED_GRID})
         assert len(names) - len(sampled) == len([n for n in names if n.startswith("dynamic ")]) > 30
         assert all(r["tau"] >= 1 for r in result["rows"])
-        speeds = [r["tokens_per_s"] for r in result["rows"]]
-        assert speeds == sorted(speeds, reverse=True)
+        speedups = [r["speedup_vs_ar"] for r in result["rows"]]
+        assert speedups == sorted(speedups, reverse=True)
+        # AR ran before the grid and after every block of trees: each speed-up has AR runs on both sides
+        assert len(result["ar_runs"]) == 1 + -(-len(names) // cal.AR_EVERY)
         assert json.loads((tmp_path / "c.json").read_text())["temperature"] == temperature
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -71,3 +72,27 @@ def test_a_divergent_loss_stops_training_at_once(tmp_path):
         fit(model, data, loss_of, lr=1e-3, epochs=2, batch_tokens=3, seed=0, state_file=tmp_path / "state.pt",
             settings={}, desc="test")
     assert len(calls) == 3 and torch.isfinite(model.weight).all() and not (tmp_path / "state.pt").exists()
+
+
+def test_each_prompt_is_answered_greedily_once():
+    """More answers per prompt than temperatures: the extra ones are sampled, never a second greedy answer
+    (which would repeat the first word for word)."""
+    from specref.train.distill import answer_temperature
+
+    assert [answer_temperature(s) for s in range(6)] == [0.0, 0.7, 1.0, 0.7, 1.0, 0.7]
+
+
+def test_bf16_training_is_its_own_run(tmp_path, checkpoints):  # noqa: F811
+    """--bf16 trains with bfloat16 products: weights differ from the fp32 run's, the loss stays finite, the
+    result says so, and a work dir's fp32 training state is not resumed in bf16 (nor the other way)."""
+    target_dir, runs = checkpoints[0], {}
+    for bf16 in (False, True):
+        out = tmp_path / f"bf16-{bf16}"
+        runs[bf16] = train_draft(str(out), target=str(target_dir), work_dir=str(tmp_path / f"work-{bf16}"), bf16=bf16,
+                                 **SMALL)
+        assert runs[bf16]["bf16"] is bf16 and np.isfinite(runs[bf16]["final_loss"])
+    a, b = (load_file(tmp_path / f"bf16-{x}" / "model.safetensors") for x in (False, True))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="other settings"):
+        train_draft(str(tmp_path / "mixed"), target=str(target_dir), work_dir=str(tmp_path / "work-False"), bf16=True,
+                    **SMALL)

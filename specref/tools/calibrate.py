@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,16 @@ from specref.formats.hf import load_model, load_tokenizer
 from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
 from specref.tools.timing import median_seconds, step_time
-from specref.tree import SMALL_CHOICES, TreeSpec
+from specref.tree import FORK_CHOICES, SMALL_CHOICES, TreeSpec
 
 GRID = {"total_tokens": (6, 10, 16, 24, 32), "depth": (3, 4, 6), "top_k": (2, 4, 8)}
+AR_EVERY = 4  # trees between two AR runs (see `calibrate`)
 # Static trees with sampled children, tried at T > 0: chains, and chains with a second (and third) draw at the
 # root and at depth 1. Sampled children must be the first draws, so every node's children have ranks 0..m-1.
 SAMPLED_GRID = {
     "chain1": [[0]], "chain2": [[0], [0, 0]], "chain3": [[0], [0, 0], [0, 0, 0]],
     "chain4": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]], "fork3": [[0], [1], [0, 0]],
-    "fork4": [[0], [1], [0, 0], [0, 0, 0]], "fork5": [[0], [1], [0, 0], [1, 0], [0, 0, 0]],
-    "small": SMALL_CHOICES,
+    "fork4": [[0], [1], [0, 0], [0, 0, 0]], "fork": FORK_CHOICES, "small": SMALL_CHOICES,
 }
 
 
@@ -84,20 +85,26 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
         return tokens / seconds, tokens / rounds
 
     run(TreeSpec(total_tokens=4, depth=2, top_k=2))  # warm-up
-    ar, _ = run(None)
     grid = {f"dynamic {t}/{d}/{k}": TreeSpec(total_tokens=t, depth=d, top_k=k)
             for t, d, k in itertools.product(*GRID.values()) if t - 1 <= k + d * k * k}  # skip unfillable trees
     if not params.greedy:
         grid |= {f"sampled {name}": TreeSpec("static", choices, children="sampled")
                  for name, choices in SAMPLED_GRID.items()}
-    rows = []
-    for name, tree in tqdm(grid.items(), desc="trees", unit="tree"):
+    # A shared machine's speed can drift 2-3x over the minutes a grid takes, so AR runs again after every
+    # AR_EVERY trees and each tree's speed-up is taken against the mean of the AR runs on either side of it.
+    ar_runs, rows, block = [run(None)[0]], [], []
+    for j, (name, tree) in enumerate(tqdm(grid.items(), desc="trees", unit="tree")):
         tps, tau = run(tree)
-        rows.append({"tree": name, "tokens_per_s": tps, "speedup_vs_ar": tps / ar, "tau": tau}
-                    | ({"total_tokens": tree.total_tokens, "depth": tree.depth, "top_k": tree.top_k}
-                       if tree.kind == "dynamic" else {"choices": tree.choices}))
-    rows.sort(key=lambda r: -r["tokens_per_s"])
-    print(f"specref AR at T = {temperature:g}: {ar:.1f} tok/s")
+        block.append({"tree": name, "tokens_per_s": tps, "tau": tau}
+                     | ({"total_tokens": tree.total_tokens, "depth": tree.depth, "top_k": tree.top_k}
+                        if tree.kind == "dynamic" else {"choices": tree.choices}))
+        if len(block) == AR_EVERY or j == len(grid) - 1:
+            ar_runs.append(run(None)[0])
+            rows += [r | {"speedup_vs_ar": r["tokens_per_s"] * 2 / (ar_runs[-2] + ar_runs[-1])} for r in block]
+            block = []
+    ar = statistics.median(ar_runs)
+    rows.sort(key=lambda r: -r["speedup_vs_ar"])
+    print(f"specref AR at T = {temperature:g}: {ar:.1f} tok/s (median; from {min(ar_runs):.1f} to {max(ar_runs):.1f})")
     print(f"{'tree':>20s} {'tok/s':>7s} {'vs AR':>6s} {'tau':>5s}")
     for r in rows[:10]:
         print(f"{r['tree']:>20s} {r['tokens_per_s']:7.1f} {r['speedup_vs_ar']:6.2f} {r['tau']:5.2f}")
@@ -105,7 +112,7 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
     print(f"best on {dev.type} at T = {temperature:g}: " + (
         f"TreeSpec(total_tokens={best['total_tokens']}, depth={best['depth']}, top_k={best['top_k']})"
         if "choices" not in best else f"TreeSpec('static', {best['choices']}, children='sampled')"))
-    result = {"device": dev.type, "temperature": temperature, "seed": seed, "ar_tokens_per_s": ar,
+    result = {"device": dev.type, "temperature": temperature, "seed": seed, "ar_tokens_per_s": ar, "ar_runs": ar_runs,
               "target_forward_ms": target_ms, "head_step_ms": head_ms, "prompts": prompts,
               "max_new_tokens": max_new_tokens, "rows": rows}
     if out is not None:

@@ -54,7 +54,8 @@ def new_draft(target: Llama, layers: int, vocab_ids: Tensor) -> Llama:
 def train_draft(out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                 vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
                 lr: float = 2e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
-                train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128) -> dict[str, Any]:
+                train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
+                bf16: bool = False) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
 
     check_output(out)
@@ -82,7 +83,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
     settings = {"layers": layers, "vocab": vocab, "epochs": epochs, "lr": lr, "batch_tokens": batch_tokens,
                 "top_k": top_k, "seed": seed, "sequences": len(data)}
     losses, steps = fit(draft, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
-                        state_file=work / "train_state.pt", settings=settings, desc="draft learns")
+                        state_file=work / "train_state.pt", settings=settings, desc="draft learns", bf16=bf16)
 
     print("evaluating on held-out prompts (greedy SpS, gamma 4)", file=sys.stderr)
     draft.eval()
@@ -95,7 +96,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
               "epochs": epochs, "lr": lr, "batch_tokens": batch_tokens, "samples_per_prompt": samples,
               "max_new_tokens": max_new_tokens, "top_k": top_k,
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
-              "seconds": round(time.time() - started, 1), "seed": seed}
+              "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16}
     save_model(draft, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -81,7 +81,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 14, lr: float = 2e-3,
                 batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
-                tree: TreeSpec | None = None) -> dict[str, Any]:
+                tree: TreeSpec | None = None, bf16: bool = False) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
@@ -130,7 +130,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     settings = {"kind": kind, "vocab": vocab, "unroll": unroll, "epochs": epochs, "lr": lr,
                 "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data)}
     losses, steps = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
-                        state_file=work / f"train_state_{kind}.pt", settings=settings, desc="head learns")
+                        state_file=work / f"train_state_{kind}.pt", settings=settings, desc="head learns", bf16=bf16)
 
     tree = tree or TreeSpec()
     print(f"evaluating on held-out prompts (greedy EAGLE, {tree.kind} tree)", file=sys.stderr)
@@ -143,7 +143,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
               "vocab": len(vocab_ids), "vocab_coverage": coverage, "layer_ids": list(layers),
               "train_sequences": len(data), "steps": steps, "epochs": epochs, "lr": lr,
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
-              "seconds": round(time.time() - started, 1), "seed": seed}
+              "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16}
     save_head(head, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
