@@ -204,16 +204,16 @@ DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
 # Two sampled children at the root, a chain of two below the first and one below the second: as many nodes (5)
 # as the CPU's dynamic tree verifies, and two head steps instead of three.
 FORK_CHOICES: list[list[int]] = [[0], [1], [0, 0], [1, 0], [0, 0, 0]]
-# Default trees at T > 0 where one was measured faster than the dynamic tree (`bench --temperatures 1`, `calibrate
-# --temperature 1`). A sampled child is accepted with probability sum min(p, q), a top-ranked one with p(x) only:
-# on the CPU at T = 1 the 5-node fork reached tau 1.68 and 1.16x AR where the dynamic 6/3/4 tree reached 1.41 and
-# 1.04x (README, "Speed levers").
+# Default trees at T > 0 where one was measured faster than the dynamic tree (an interleaved `bench
+# --temperatures 1`, no top-k/top-p). A sampled child is accepted with probability sum min(p, q), a top-ranked
+# one with p(x) only: on the CPU at T = 1 the 5-node fork reached tau 1.68 and 1.16x AR where the dynamic 6/3/4
+# tree reached 1.41 and 1.04x (README, "Speed levers"). Devices without a measured tree take the CPU's.
 SAMPLING_TREES = {"cpu": TreeSpec("static", FORK_CHOICES, children="sampled")}
 
 
 def device_tree(device_type: str, params: SamplingParams | None = None) -> TreeSpec:
     """The default tree of a device type for decoding with `params` (default greedy): its sampled tree at T > 0
-    where one was measured, else its dynamic tree; types without one measured get the CPU's."""
+    where one was measured, else its dynamic tree; types without measured trees get the CPU's."""
     measured = device_type if device_type in DEVICE_TREES else "cpu"
     if params is not None and not params.greedy and measured in SAMPLING_TREES:
         return SAMPLING_TREES[measured]

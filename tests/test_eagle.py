@@ -14,7 +14,7 @@ from specref import SamplingParams, generate_ar
 from specref.eagle import random_head
 from specref.eagle_decode import generate as generate_eagle
 from specref.formats.eagle import load_head, save_head
-from specref.tree import TreeSpec
+from specref.tree import TreeSpec, device_tree
 
 N = 20_000
 LENGTH = 3
@@ -44,6 +44,7 @@ CASES = [
     ("eagle3", SMALL_DYNAMIC, SamplingParams(1.0, top_k=5, top_p=0.9)),
     ("eagle", SMALL_SAMPLED, SamplingParams(1.0)),
     ("eagle3", SMALL_SAMPLED, SamplingParams(0.7, top_p=0.8)),  # small supports: some nodes fall back to top ranks
+    ("eagle3", device_tree("cpu", SamplingParams(1.0)), SamplingParams(1.0)),  # the CPU's tree at T > 0
 ]
 
 
@@ -174,7 +175,7 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
 
     import numpy as np
 
-    from specref.tools.options import parse_tree, read_choices, tree_for
+    from specref.tools.options import parse_tree, read_choices, tree_for, trees_at
     from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, FORK_CHOICES, MEDUSA_CHOICES, static_tree, tree_buffers
 
     for choices, per_depth in ((DEFAULT_CHOICES, [4, 8, 8, 3, 2]), (MEDUSA_CHOICES, [10, 28, 22, 3])):
@@ -188,6 +189,14 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
     assert parse_tree("default", "mps", sampling) == parse_tree("default", "cpu", sampling)  # unmeasured: the CPU's
     assert parse_tree("default", "cuda", sampling) == DEVICE_TREES["cuda"]  # none measured on CUDA yet
     assert tree_for("cpu", params=sampling, depth=5) == TreeSpec(total_tokens=6, depth=5, top_k=4)  # sizes: dynamic
+    # the bench's trees per temperature: `default` resolved, each tree once, two trees under one name refused
+    assert trees_at(["default", "dynamic", "static"], "cpu", greedy) == [DEVICE_TREES["cpu"], parse_tree("static")]
+    assert trees_at(["default", "dynamic", "sampled:fork"], "cpu", sampling) == [device_tree("cpu", sampling),
+                                                                                 DEVICE_TREES["cpu"]]
+    (tmp_path / "a.json").write_text(json.dumps([[0], [1]]))
+    (tmp_path / "b.json").write_text(json.dumps([[0], [0, 0]]))
+    with pytest.raises(ValueError, match="two different trees are both 'static custom"):
+        trees_at([f"static:{tmp_path / 'a.json'}", f"static:{tmp_path / 'b.json'}"], "cpu", greedy)
     assert parse_tree("dynamic:9:3:2") == TreeSpec(total_tokens=9, depth=3, top_k=2)
     assert parse_tree("static:medusa").choices == MEDUSA_CHOICES
     for text, choices in (("sampled", DEFAULT_CHOICES), ("sampled:medusa", MEDUSA_CHOICES)):

@@ -74,12 +74,21 @@ def test_a_divergent_loss_stops_training_at_once(tmp_path):
     assert len(calls) == 3 and torch.isfinite(model.weight).all() and not (tmp_path / "state.pt").exists()
 
 
-def test_each_prompt_is_answered_greedily_once():
+def test_each_prompt_is_answered_greedily_once(tmp_path, checkpoints):  # noqa: F811
     """More answers per prompt than temperatures: the extra ones are sampled, never a second greedy answer
-    (which would repeat the first word for word)."""
-    from specref.train.distill import answer_temperature
+    (which would repeat the first word for word), and a work dir an older specref filled with one is refused."""
+    from specref.formats.hf import load_tokenizer
+    from specref.formats.prompts import encode, load_prompts
+    from specref.train.distill import answer_temperature, claim
 
     assert [answer_temperature(s) for s in range(6)] == [0.0, 0.7, 1.0, 0.7, 1.0, 0.7]
+    target_dir, settings = checkpoints[0], {**SMALL, "samples": 4}
+    tok = load_tokenizer(target_dir)
+    prompts = [encode(tok, p) for p in load_prompts("train")[: settings["train_prompts"]]]
+    claim(tmp_path / "old", target_dir, prompts, samples=4, max_new_tokens=settings["max_new_tokens"], top_k=32,
+          seed=0)  # the fingerprint an older specref wrote: no answer schedule
+    with pytest.raises(ValueError, match=r"another answer_temperatures None \(now \[0.0, 0.7, 1.0, 0.7\]\)"):
+        train_draft(str(tmp_path / "out"), target=str(target_dir), work_dir=str(tmp_path / "old"), **settings)
 
 
 def test_bf16_training_is_its_own_run(tmp_path, checkpoints):  # noqa: F811

@@ -6,9 +6,11 @@ Rows, all on the same held-out prompts (chat template, batch 1) and settings:
   specref SpS    speculative sampling with the shipped draft, gamma = 1..8
   HF assisted    `generate(assistant_model=...)` with the same draft exported as a `LlamaForCausalLM` (HF has
                  no reduced-vocabulary head, so its draft computes all 49,152 output rows)
-  specref EAGLE  tree speculation with the shipped EAGLE head, for each tree of --trees
-  ... int4       (group int4) the same with the target's layers in 4 bits (`cpu.quantize_int4`: the GGUF's own
-                 Q4_1 codes, bfloat16 activations), a different target: its rows are compared with its own AR
+  specref EAGLE  tree speculation with the shipped EAGLE head, for each tree of --trees (`default`: the
+                 device's tree for each temperature, sampled children at T > 0 on a CPU)
+  ... int4       (group int4) AR and EAGLE with the first of --trees, the target's layers in 4 bits
+                 (`cpu.quantize_int4`: the GGUF's own Q4_1 codes, bfloat16 activations), a different target:
+                 its rows are compared with its own AR
   llama.cpp      (group int4, when llama-cpp-python is installed) llama.cpp on the default target's Q4_1 GGUF
                  with as many threads as torch uses
 Each row reports tokens/s (median of the repeats), the speed-up over specref AR and over HF AR, alpha, tau,
@@ -42,7 +44,7 @@ from specref.formats.hf import load_draft, load_model, load_tokenizer, standalon
 from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
 from specref.stats import position_acceptance, predicted_speedup
-from specref.tools.options import describe, parse_tree
+from specref.tools.options import describe, trees_at
 from specref.tools.plots import check_plot_path, speculation_figure
 from specref.tools.timing import step_time, weight_read_floor
 from specref.tree import TreeSpec
@@ -163,9 +165,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
                          n_ubatch=1, verbose=False)
     rows: list[tuple[str, float, Any]] = []
     for temp in temperatures:
-        # the trees at this temperature (`default` is the device's tree for it), each once
-        named = {describe(t): t for t in (parse_tree(text, dev.type, SamplingParams(temp)) for text in trees)}
-        tree_specs = list(named.values()) if {"eagle", "int4"} & set(groups) else []
+        tree_specs = trees_at(trees, dev.type, SamplingParams(temp)) if {"eagle", "int4"} & set(groups) else []
         rows += [("HF AR", temp, lambda p, r: hf_run(None, p, r)),
                  ("specref AR", temp, lambda p, r: specref_run(None, p, r))]
         if "sps" in groups:

@@ -291,7 +291,7 @@ class CLI:
         from specref.checks import check_count
         from specref.logits import SamplingParams
         from specref.tools.bench import GROUPS, bench
-        from specref.tools.options import parse_tree
+        from specref.tools.options import trees_at
 
         for name, value in (("prompts", prompts), ("max_new_tokens", max_new_tokens), ("repeats", repeats)):
             check_count(name, value)
@@ -304,8 +304,8 @@ class CLI:
             SamplingParams(temperature=t)
         dev = resolve_device(device)
         tree_list = tuple(comma_list(trees))
-        for t in tree_list:
-            parse_tree(t, dev.type)
+        for t in temps:
+            trees_at(tree_list, dev.type, SamplingParams(t))
         group_list = tuple(comma_list(groups))
         if not set(group_list) <= set(GROUPS):
             raise ValueError(f"--groups must be among {','.join(GROUPS)}, got {groups!r}")

@@ -44,7 +44,11 @@ def tree_for(device_type: str, kind: str = "default", choices: str | Sequence[Se
     def pick(value: int | None, default: int) -> int:
         return default if value is None else value
 
-    shape, children = ("static", "sampled") if kind == "sampled" else ("dynamic" if kind == "default" else kind, "top")
+    shape, children = kind, "top"
+    if kind == "sampled":  # a static tree whose children are drawn from the head's law
+        shape, children = "static", "sampled"
+    elif kind == "default":  # with sizes given: the dynamic tree they size
+        shape = "dynamic"
     return TreeSpec(shape, read_choices(choices), pick(total_tokens, base.total_tokens), pick(depth, base.depth),
                     pick(top_k, base.top_k), children)
 
@@ -63,6 +67,22 @@ def parse_tree(text: str, device_type: str = "cpu", params: SamplingParams | Non
         raise ValueError(f"tree {text!r}: expected default, dynamic, dynamic:TOTAL:DEPTH:TOP_K, static[:CHOICES] or "
                          "sampled[:CHOICES]")
     return tree_for(device_type, "dynamic", "eagle", *map(int, sizes))
+
+
+def trees_at(texts: Sequence[str], device_type: str, params: SamplingParams) -> list[TreeSpec]:
+    """The bench's trees for one temperature: each of `texts` parsed (`default` is the device's tree for
+    `params`), a tree that equals an earlier one dropped, and two different trees under one name refused."""
+    def shape(tree: TreeSpec) -> tuple:  # what decides the rounds: a static tree's dynamic sizes do not
+        if tree.kind == "static":
+            return tree.kind, tree.children, tree.choices
+        return tree.kind, tree.total_tokens, tree.depth, tree.top_k
+
+    named: dict[str, TreeSpec] = {}
+    for text in texts:
+        tree = parse_tree(text, device_type, params)
+        if shape(named.setdefault(describe(tree), tree)) != shape(tree):
+            raise ValueError(f"--trees: two different trees are both {describe(tree)!r}; give one of them only")
+    return list(named.values())
 
 
 def describe(tree: TreeSpec) -> str:

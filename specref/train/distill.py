@@ -251,7 +251,12 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
     """Stages 1-2 of distillation with a packed (faster) copy of the target, plus the prompt sets."""
     tok = load_tokenizer(target_dir)
     prompts = [encode(tok, p) for p in load_prompts("train")[:train_prompts]]
-    claim(work, target_dir, prompts, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
+    # More answers than temperatures: record their schedule, so that a work dir an older specref filled (with a
+    # second greedy answer) is refused rather than reused; fewer keep the fingerprint they always had.
+    schedule = ({"answer_temperatures": [answer_temperature(s) for s in range(samples)]}
+                if samples > len(TEMPERATURES) else {})
+    claim(work, target_dir, prompts, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
+          **schedule)
     target = load_model(target_dir)
     pack_linears(target)
     files = stage_data(target, prompts, work, samples, max_new_tokens, chunk=40, seed=seed)
@@ -261,7 +266,7 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
     return {"target": target, "files": files, "labels": labels, "heldout": heldout}
 
 
-def claim(work: Path, target_dir: Path, prompts: list[list[int]], **settings: int) -> None:
+def claim(work: Path, target_dir: Path, prompts: list[list[int]], **settings: Any) -> None:
     """Use `work` for this target, these prompts and these data settings only: its first use records them
     (`fingerprint.json`), and a later run that differs in any of them is refused, naming what differs, instead
     of silently training on data made otherwise."""
