@@ -228,12 +228,13 @@ def sample_children(logits: Tensor, m: int, params: SamplingParams, generator: t
     chosen from q alone, so delta-verification keeps them lossless). Returns tokens (B, m), q (B, V) and
     whether each row sampled (B,)."""
     q = process_logits(logits, params)
-    sampled, top = (q > 0).sum(-1) >= m, logits.topk(m, dim=-1).indices
+    positive = q > 0
+    sampled, top = positive.sum(-1) >= m, logits.topk(m, dim=-1).indices
     if not sampled.any():
         return top, q, sampled
     # Keys only where some row's q is positive (a head's reduced vocabulary, less after top-k/top-p): a token
     # with q = 0 has key -inf and is never drawn, so the law is the same at a fraction of the noise.
-    support = (q > 0).any(0).nonzero()[:, 0]
+    support = positive.any(0).nonzero()[:, 0]
     # float64 uniforms in (0, 1): float32 ones would bound the noise and leave tokens below ~1e-9 of the top
     # one undrawable, a law slightly off the q the verifier is given
     u = torch.rand((q.shape[0], len(support)), generator=generator, dtype=torch.float64,
