@@ -105,3 +105,30 @@ def test_bf16_training_is_its_own_run(tmp_path, checkpoints):  # noqa: F811
     with pytest.raises(ValueError, match="other settings"):
         train_draft(str(tmp_path / "mixed"), target=str(target_dir), work_dir=str(tmp_path / "work-False"), bf16=True,
                     **SMALL)
+
+
+def test_validation_prompts_are_held_out_of_training(tmp_path, checkpoints):  # noqa: F811
+    """--val-prompts N: every answer to the last N training prompts, and nothing else, leaves training for a
+    validation loss measured after each epoch (resumed with the training state); N must leave a prompt to train."""
+    from specref.formats.hf import load_tokenizer
+    from specref.formats.prompts import encode, load_prompts
+    from specref.train.distill import hold_out, load_examples
+
+    target_dir, work = checkpoints[0], tmp_path / "work"
+    result = train_draft(str(tmp_path / "a"), target=str(target_dir), work_dir=str(work), **SMALL, val_prompts=2)
+    assert len(result["val_loss_per_epoch"]) == SMALL["epochs"]
+    assert all(np.isfinite(v) and v > 0 for v in result["val_loss_per_epoch"])
+    assert result["train_sequences"] == 4 * SMALL["samples"]
+    files = sorted(work.glob("data_*"))
+    train, val = hold_out(load_examples(files, sorted(work.glob("labels_*"))), files, 2)
+    prompts = [encode(load_tokenizer(target_dir), p) for p in load_prompts("train")[: SMALL["train_prompts"]]]
+    prompt_of = {tuple(p): i for i, p in enumerate(prompts)}
+    owners = [[prompt_of[tuple(row[0][: row[3] + 1].tolist())] for row in part] for part in (train, val)]
+    assert sorted(owners[0]) == sorted(list(range(4)) * SMALL["samples"])
+    assert sorted(owners[1]) == sorted([4, 5] * SMALL["samples"])
+    again = train_draft(str(tmp_path / "b"), target=str(target_dir), work_dir=str(work), **SMALL, val_prompts=2)
+    assert again["val_loss_per_epoch"] == result["val_loss_per_epoch"]  # resumed, not re-measured or lost
+    with pytest.raises(ValueError, match=r"--val-prompts must lie in \[0, 6\)"):
+        train_draft(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work2"), **SMALL,
+                    val_prompts=6)
+    assert not (tmp_path / "work2").exists()  # refused before any data was written

@@ -43,13 +43,14 @@ def check_tokenizers(target: Any, draft: Any) -> None:
         raise ValueError("the draft's tokenizer differs from the target's: the two models must share one vocabulary")
 
 
-def check_training(*, seed: int, train_prompts: int | None, lr: float, **counts: int) -> None:
-    """The arguments train-draft and train-eagle share: counts >= 1, seed >= 0, lr > 0."""
+def check_training(*, seed: int, train_prompts: int | None, lr: float, val_prompts: int, **counts: int) -> None:
+    """The arguments train-draft and train-eagle share: counts >= 1, seed and val_prompts >= 0, lr > 0."""
     from specref.checks import check_count
 
     for name, value in counts.items():
         check_count(name, value)
     check_count("seed", seed, minimum=0)
+    check_count("val_prompts", val_prompts, minimum=0)
     if train_prompts is not None:
         check_count("train_prompts", train_prompts)
     if not (isinstance(lr, int | float) and lr > 0):
@@ -340,11 +341,13 @@ class CLI:
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                     vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
-                    eval_prompts: int = 60, bf16: bool = False) -> None:
+                    eval_prompts: int = 60, bf16: bool = False, val_prompts: int = 0) -> None:
         """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there. --bf16 trains
         with bfloat16 matrix products (faster on CPUs with bfloat16 units; the shipped draft was trained in fp32).
+        --val-prompts N holds the answers to the last N training prompts out of training and prints their loss after
+        every epoch.
         """
         from specref.checks import check_count
         from specref.train.draft import train_draft
@@ -352,21 +355,24 @@ class CLI:
         check_count("layers", layers)
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, seed=seed, train_prompts=train_prompts,
-                       lr=lr)
+                       lr=lr, val_prompts=val_prompts)
         result = train_draft(out, target=target, work_dir=work_dir, layers=layers, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
-                             seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts, bf16=bf16)
+                             seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts, bf16=bf16,
+                             val_prompts=val_prompts)
         print(json.dumps(result, indent=2))
 
     def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
                     vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 14,
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
-                    depth: int | None = None, tree_top_k: int | None = None, bf16: bool = False) -> None:
+                    depth: int | None = None, tree_top_k: int | None = None, bf16: bool = False,
+                    val_prompts: int = 0) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory to reuse its generated text.
-        --bf16 trains with bfloat16 matrix products (the shipped head was trained in fp32).
+        --bf16 trains with bfloat16 matrix products (the shipped head was trained in fp32). --val-prompts N: as for
+        train-draft, a validation loss after every epoch on the answers to the last N training prompts.
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle
@@ -374,11 +380,11 @@ class CLI:
         tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # evaluated on the CPU
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, unroll=unroll, seed=seed,
-                       train_prompts=train_prompts, lr=lr)
+                       train_prompts=train_prompts, lr=lr, val_prompts=val_prompts)
         result = train_eagle(out, target=target, work_dir=work_dir, kind=kind, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
-                             tree=tree_spec, bf16=bf16)
+                             tree=tree_spec, bf16=bf16, val_prompts=val_prompts)
         print(json.dumps(result, indent=2))
 
 

@@ -34,6 +34,7 @@ from specref.train.distill import (
     distill_loss,
     draft_vocabulary,
     fit,
+    hold_out,
     load_examples,
     pad,
     prepare,
@@ -81,7 +82,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 14, lr: float = 2e-3,
                 batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
-                tree: TreeSpec | None = None, bf16: bool = False) -> dict[str, Any]:
+                tree: TreeSpec | None = None, bf16: bool = False, val_prompts: int = 0) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
@@ -94,7 +95,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     layers = default_layer_ids(dense.config.num_hidden_layers) if kind == "eagle3" else ()
     work = Path(work_dir or Path(out).with_name(Path(out).name + ".work"))
     run = prepare(target_dir, work, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
-                  train_prompts=train_prompts, eval_prompts=eval_prompts, feature_layers=layers)
+                  train_prompts=train_prompts, eval_prompts=eval_prompts, feature_layers=layers,
+                  val_prompts=val_prompts)
     v = dense.config.vocab_size
     vocab_ids, coverage = (draft_vocabulary(run["files"], vocab, v, dense.config.eos_token_id) if kind == "eagle3"
                            else (torch.arange(v), 1.0))
@@ -102,7 +104,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     for p in dense.parameters():
         p.requires_grad_(False)
     t2d = target_to_draft(vocab_ids, v)
-    data = load_examples(run["files"], run["labels"], feature_layers=layers)
+    data, val = hold_out(load_examples(run["files"], run["labels"], feature_layers=layers), run["files"], val_prompts)
 
     def loss_of(rows: list[tuple]) -> Tensor:
         # Anchor j holds the pair (f_j, x_{j+1}); unroll step s (1-based) there reads x_{j+s} with the head's
@@ -128,9 +130,11 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
         return total
 
     settings = {"kind": kind, "vocab": vocab, "unroll": unroll, "epochs": epochs, "lr": lr,
-                "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data)}
-    losses, steps = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
-                        state_file=work / f"train_state_{kind}.pt", settings=settings, desc="head learns", bf16=bf16)
+                "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data),
+                **({"val_prompts": val_prompts} if val_prompts else {})}
+    losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
+                                    state_file=work / f"train_state_{kind}.pt", settings=settings,
+                                    desc="head learns", bf16=bf16, val=val)
 
     tree = tree or TreeSpec()
     print(f"evaluating on held-out prompts (greedy EAGLE, {tree.kind} tree)", file=sys.stderr)
@@ -143,7 +147,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
               "vocab": len(vocab_ids), "vocab_coverage": coverage, "layer_ids": list(layers),
               "train_sequences": len(data), "steps": steps, "epochs": epochs, "lr": lr,
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
-              "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16}
+              "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16, "samples_per_prompt": samples,
+              "val_prompts": val_prompts, "val_loss_per_epoch": val_losses}
     save_head(head, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
