@@ -246,6 +246,9 @@ def test_calibrate_tries_sampled_trees_only_when_sampling(checkpoints, heads, tm
         # AR ran before the grid and after every block of trees: each speed-up has AR runs on both sides
         assert len(result["ar_runs"]) == 1 + -(-len(names) // cal.AR_EVERY)
         assert json.loads((tmp_path / "c.json").read_text())["temperature"] == temperature
+        # both CPU products timed for a one-token step and a verification's worth of tokens
+        assert {k: sorted(v) for k, v in result["packing_ms"].items()} == {"default": [1, 6], "packed": [1, 6]}
+        assert all(ms > 0 for v in result["packing_ms"].values() for ms in v.values())
 
 
 @pytest.mark.parametrize(("kind", "tree"), [("eagle", ["--tree", "static", "--choices", "medusa"]),

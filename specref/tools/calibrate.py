@@ -29,6 +29,7 @@ from specref.formats.eagle import load_head
 from specref.formats.hf import load_model, load_tokenizer
 from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
+from specref.model import Llama
 from specref.tools.timing import median_seconds, step_time
 from specref.tree import FORK_CHOICES, SMALL_CHOICES, TreeSpec
 
@@ -41,6 +42,20 @@ SAMPLED_GRID = {
     "chain4": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]], "fork3": [[0], [1], [0, 0]],
     "fork4": [[0], [1], [0, 0], [0, 0, 0]], "fork": FORK_CHOICES, "small": SMALL_CHOICES,
 }
+
+
+def packing_ms(dense: Llama, spare: Llama, rounds: int = 3) -> dict[str, dict[int, float]]:
+    """Target forward ms for 1 and 6 new tokens with PyTorch's default CPU products (`dense`) and with
+    oneDNN-packed weights (`spare`, a second copy, packed here), the two taking turns `rounds` times (medians),
+    so that a machine's drift slows both alike. Which wins depends on the machine: packed weights were ~1.8x
+    faster on the 2-core AMD EPYC and 1.5x slower at one token on the 2-thread Intel Xeon VM (`--nopack`)."""
+    pack_linears(spare)
+    runs: dict[str, dict[int, list[float]]] = {"default": {1: [], 6: []}, "packed": {1: [], 6: []}}
+    for _ in range(rounds):
+        for name, model in (("default", dense), ("packed", spare)):
+            for n, times in runs[name].items():
+                times.append(step_time(model, dense.device, n) * 1e3)
+    return {name: {n: statistics.median(t) for n, t in by_n.items()} for name, by_n in runs.items()}
 
 
 @torch.inference_mode()
@@ -66,6 +81,12 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
     inputs = [encode(tok, t) for t in load_prompts("heldout")[-prompts:]]  # not the prompts the bench reports
     target = load_model(target_dir, device=dev)
     head = load_head(default_head_dir(), target)
+    packing = packing_ms(target, load_model(target_dir, device=dev)) if dev.type == "cpu" else None
+    if packing:
+        faster = "packed (the default)" if packing["packed"][1] < packing["default"][1] else "default (--nopack)"
+        print("target forward ms, PyTorch's default products vs oneDNN-packed weights: " + ", ".join(
+            f"{n} tokens {packing['default'][n]:.1f} vs {packing['packed'][n]:.1f}" for n in (1, 6))
+            + f"; one token is faster {faster} here")
     if pack:
         pack_linears(target)
         pack_linears(head)
@@ -113,7 +134,7 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
         f"TreeSpec(total_tokens={best['total_tokens']}, depth={best['depth']}, top_k={best['top_k']})"
         if "choices" not in best else f"TreeSpec('static', {best['choices']}, children='sampled')"))
     result = {"device": dev.type, "temperature": temperature, "seed": seed, "ar_tokens_per_s": ar, "ar_runs": ar_runs,
-              "target_forward_ms": target_ms, "head_step_ms": head_ms, "prompts": prompts,
+              "target_forward_ms": target_ms, "head_step_ms": head_ms, "packing_ms": packing, "prompts": prompts,
               "max_new_tokens": max_new_tokens, "rows": rows}
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
