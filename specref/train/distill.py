@@ -184,15 +184,16 @@ def distill_loss(logits: Tensor, ids: Tensor, logp: Tensor, valid: Tensor, t2d: 
 
 def hold_out(data: list[tuple], files: list[Path], val_prompts: int) -> tuple[list[tuple], list[tuple]]:
     """(training, validation) sequences of `load_examples(files, ...)`: every answer to the last `val_prompts`
-    training prompts is held out of training, so that the validation loss is measured on text the student never
-    saw another sample of (the held-out prompts of the final evaluation stay untouched either way)."""
+    training prompts is held out of training, so the validation loss is measured on text the student never saw
+    another sample of (only the choice of the draft vocabulary counted its tokens). The held-out prompts of the
+    final evaluation stay untouched either way."""
     if not val_prompts:
         return data, []
     # data_{s}_{i}.safetensors holds the answers to prompts i, i + 1, ... in row order (`stage_data`)
     owner = [int(f.stem.rsplit("_", 1)[1]) + r for f in files for r in range(len(load(f)["lengths"]))]
     first = max(owner) + 1 - val_prompts
-    return [d for d, p in zip(data, owner, strict=True) if p < first], [d for d, p in zip(data, owner, strict=True)
-                                                                         if p >= first]
+    train = [p < first for p in owner]
+    return ([d for d, t in zip(data, train, strict=True) if t], [d for d, t in zip(data, train, strict=True) if not t])
 
 
 def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Tensor], *, lr: float, epochs: int,
@@ -200,7 +201,8 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
         bf16: bool = False, val: list[tuple] | None = None) -> tuple[list[float], int, list[float]]:
     """AdamW with warm-up and cosine decay over `epochs` shuffled passes; checkpoints every 100 steps into
     `state_file` and resumes from it (refusing one written with other `settings`). With `val`, the loss on those
-    sequences after every epoch says whether more epochs would still pay. Returns (losses, steps, val losses).
+    sequences after every epoch (the mean of its batches' losses) says whether more epochs would still pay.
+    Returns (losses, steps, validation losses).
 
     `bf16` computes the forward's matrix products in bfloat16 (CPU autocast; weights, optimiser and loss stay
     fp32): on the 2-thread Xeon VM with AMX a head's 4,096-token step took 2.2 s instead of 3.7 s."""
