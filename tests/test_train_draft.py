@@ -107,7 +107,7 @@ def test_bf16_training_is_its_own_run(tmp_path, checkpoints):  # noqa: F811
                     **SMALL)
 
 
-def test_validation_prompts_are_held_out_of_training(tmp_path, checkpoints):  # noqa: F811
+def test_validation_prompts_are_held_out_of_training(tmp_path, checkpoints, capsys):  # noqa: F811
     """--val-prompts N: every answer to the last N training prompts, and nothing else, leaves training for a
     validation loss measured after each epoch (resumed with the training state); N must leave a prompt to train."""
     from specref.formats.hf import load_tokenizer
@@ -119,6 +119,8 @@ def test_validation_prompts_are_held_out_of_training(tmp_path, checkpoints):  # 
     assert len(result["val_loss_per_epoch"]) == SMALL["epochs"]
     assert all(np.isfinite(v) and v > 0 for v in result["val_loss_per_epoch"])
     assert result["train_sequences"] == 4 * SMALL["samples"]
+    printed = capsys.readouterr()  # beside the progress bar: stdout carries the command's JSON result only
+    assert "epoch 2: validation loss" in printed.err and "validation" not in printed.out
     files = sorted(work.glob("data_*"))
     train, val = hold_out(load_examples(files, sorted(work.glob("labels_*"))), files, 2)
     prompts = [encode(load_tokenizer(target_dir), p) for p in load_prompts("train")[: SMALL["train_prompts"]]]

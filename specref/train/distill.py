@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,8 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
             if val_groups and step % per_epoch == 0:
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     val_losses.append(float(np.mean([loss_of([val[i] for i in g]).item() for g in val_groups])))
-                bar.write(f"epoch {step // per_epoch}: validation loss {val_losses[-1]:.4f}")
+                # stderr, with the progress bar: stdout is the command's JSON result
+                bar.write(f"epoch {step // per_epoch}: validation loss {val_losses[-1]:.4f}", file=sys.stderr)
             if step % 100 == 0 or step == len(flat):
                 with atomic_file(state_file) as tmp:
                     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
