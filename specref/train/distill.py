@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,9 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
         opt.load_state_dict(state["opt"])
         step, val_losses = int(state["step"]), list(state.get("val_losses", []))
     losses: list[float] = []
-    with tqdm(total=len(flat), initial=step, desc=desc, unit="step") as bar:
+    with tqdm(total=len(flat), initial=step, desc=desc, unit="step") as bar, warnings.catch_warnings():
+        # under autocast a norm gets bfloat16 inputs and fp32 weights; PyTorch warns that it skips its fused kernel
+        warnings.filterwarnings("ignore", "Mismatch dtype between input and weight")
         while step < len(flat):
             for g in opt.param_groups:  # cosine decay after a short warm-up
                 g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / len(flat)))
