@@ -43,14 +43,16 @@ def check_tokenizers(target: Any, draft: Any) -> None:
         raise ValueError("the draft's tokenizer differs from the target's: the two models must share one vocabulary")
 
 
-def check_training(*, seed: int, train_prompts: int | None, lr: float, val_prompts: int, **counts: int) -> None:
+def check_training(*, seed: int, train_prompts: int | None, lr: float, val_prompts: int | None, **counts: int
+                   ) -> None:
     """The arguments train-draft and train-eagle share: counts >= 1, seed and val_prompts >= 0, lr > 0."""
     from specref.checks import check_count
 
     for name, value in counts.items():
         check_count(name, value)
     check_count("seed", seed, minimum=0)
-    check_count("val_prompts", val_prompts, minimum=0)
+    if val_prompts is not None:
+        check_count("val_prompts", val_prompts, minimum=0)
     if train_prompts is not None:
         check_count("train_prompts", train_prompts)
     if not (isinstance(lr, int | float) and lr > 0):
@@ -363,16 +365,17 @@ class CLI:
         print(json.dumps(result, indent=2))
 
     def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
-                    vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 14,
+                    vocab: int = 8192, samples: int = 6, max_new_tokens: int = 192, epochs: int = 14,
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
-                    depth: int | None = None, tree_top_k: int | None = None, bf16: bool = False,
-                    val_prompts: int = 0) -> None:
+                    depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
+                    val_prompts: int | None = None) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
-        Shares the draft's data: point --work-dir at a train-draft work directory to reuse its generated text.
-        --bf16 trains with bfloat16 matrix products (the shipped head was trained in fp32). --val-prompts N: as for
-        train-draft, a validation loss after every epoch on the answers to the last N training prompts.
+        Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples to
+        reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32). --val-prompts N: as for
+        train-draft, a validation loss after every epoch on the answers to the last N training prompts (default: a
+        twentieth of them, 20 of the 400).
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle

@@ -204,7 +204,7 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     """AdamW with warm-up and cosine decay over `epochs` shuffled passes; checkpoints every 100 steps into
     `state_file` and resumes from it (refusing one written with other `settings`). With `val`, the loss on those
     sequences after every epoch (the mean of its batches' losses) says whether more epochs would still pay.
-    Returns (losses, steps, validation losses).
+    Returns (every step's training loss, steps, validation losses); both lists survive a resume.
 
     `bf16` computes the forward's matrix products in bfloat16 (CPU autocast; weights, optimiser and loss stay
     fp32): on the 2-thread Xeon VM with AMX a head's 4,096-token step took 2.2 s instead of 3.7 s."""
@@ -215,7 +215,7 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     flat = [g for _ in range(epochs) for g in batches(data, batch_tokens, rng)]
     per_epoch = len(flat) // epochs  # `batches` makes the same number of groups every pass
     val_groups = batches(val, batch_tokens, np.random.default_rng(0)) if val else []
-    step, val_losses = 0, []
+    step, losses, val_losses = 0, [], []
     if state_file.exists():
         try:
             state = torch.load(state_file, weights_only=True)
@@ -227,7 +227,7 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, val_losses = int(state["step"]), list(state.get("val_losses", []))
-    losses: list[float] = []
+        losses = list(state.get("losses", []))  # states written before specref kept them have none
     with tqdm(total=len(flat), initial=step, desc=desc, unit="step") as bar, warnings.catch_warnings():
         # under autocast a norm gets bfloat16 inputs and fp32 weights; PyTorch warns that it skips its fused kernel
         warnings.filterwarnings("ignore", "Mismatch dtype between input and weight")
@@ -256,7 +256,7 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
             if step % 100 == 0 or step == len(flat):
                 with atomic_file(state_file) as tmp:
                     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                                "settings": settings, "val_losses": val_losses}, tmp)
+                                "settings": settings, "losses": losses, "val_losses": val_losses}, tmp)
     return losses, len(flat), val_losses
 
 
@@ -275,10 +275,12 @@ def target_to_draft(vocab_ids: Tensor, vocab_size: int) -> Tensor:
 
 def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, top_k: int, seed: int,
             train_prompts: int | None, eval_prompts: int, feature_layers: tuple[int, ...] | None = None,
-            val_prompts: int = 0) -> dict:
-    """Stages 1-2 of distillation with a packed (faster) copy of the target, plus the prompt sets."""
+            val_prompts: int | None = 0) -> dict:
+    """Stages 1-2 of distillation with a packed (faster) copy of the target, plus the prompt sets and the number
+    of validation prompts (`val_prompts`; None: a twentieth of the training prompts)."""
     tok = load_tokenizer(target_dir)
     prompts = [encode(tok, p) for p in load_prompts("train")[:train_prompts]]
+    val_prompts = len(prompts) // 20 if val_prompts is None else val_prompts
     if not 0 <= val_prompts < len(prompts):  # before hours of data and labels, not after
         raise ValueError(f"--val-prompts must lie in [0, {len(prompts)}) (the training prompts), got {val_prompts}")
     # More answers than temperatures: record their schedule, so that a work dir an older specref filled (with a
@@ -293,7 +295,7 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
     labels = stage_labels(target, files, min(top_k, target.config.vocab_size), micro=4,
                           feature_layers=feature_layers)
     heldout = [encode(tok, p) for p in load_prompts("heldout")[:eval_prompts]]
-    return {"target": target, "files": files, "labels": labels, "heldout": heldout}
+    return {"target": target, "files": files, "labels": labels, "heldout": heldout, "val_prompts": val_prompts}
 
 
 def claim(work: Path, target_dir: Path, prompts: list[list[int]], **settings: Any) -> None:

@@ -56,7 +56,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
                 vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
                 lr: float = 2e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
-                bf16: bool = False, val_prompts: int = 0) -> dict[str, Any]:
+                bf16: bool = False, val_prompts: int | None = 0) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
 
     check_output(out)
@@ -70,6 +70,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
     vocab_ids, coverage = draft_vocabulary(run["files"], vocab, tgt.config.vocab_size, tgt.config.eos_token_id)
     draft = new_draft(load_model(target_dir), layers, vocab_ids)  # dense weights to copy from
     t2d = target_to_draft(vocab_ids, tgt.config.vocab_size)
+    val_prompts = run["val_prompts"]
     data, val = hold_out(load_examples(run["files"], run["labels"]), run["files"], val_prompts)
 
     def loss_of(rows: list[tuple]) -> Tensor:
