@@ -134,3 +134,7 @@ def test_validation_prompts_are_held_out_of_training(tmp_path, checkpoints, caps
         train_draft(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work2"), **SMALL,
                     val_prompts=6)
     assert not (tmp_path / "work2").exists()  # refused before any data was written
+    with pytest.raises(ValueError, match=r"--train-prompts 5000: the training set has 1200 prompts"):
+        train_draft(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work2"),
+                    **{**SMALL, "train_prompts": 5000})
+    assert not (tmp_path / "work2").exists()

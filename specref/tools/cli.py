@@ -342,14 +342,15 @@ class CLI:
 
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                     vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
-                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
+                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 400,
                     eval_prompts: int = 60, bf16: bool = False, val_prompts: int = 0) -> None:
         """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there. --bf16 trains
         with bfloat16 matrix products (faster on CPUs with bfloat16 units; the shipped draft was trained in fp32).
         --val-prompts N holds the answers to the last N training prompts out of training and prints their loss after
-        every epoch.
+        every epoch. --train-prompts N: the first N of the package's 1,200 training prompts (default 400, those the
+        shipped weights were trained on).
         """
         from specref.checks import check_count
         from specref.train.draft import train_draft
@@ -366,7 +367,7 @@ class CLI:
 
     def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
                     vocab: int = 8192, samples: int = 6, max_new_tokens: int = 192, epochs: int = 14,
-                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
+                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 400,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
                     val_prompts: int | None = None) -> None:
@@ -375,7 +376,7 @@ class CLI:
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples to
         reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32). --val-prompts N: as for
         train-draft, a validation loss after every epoch on the answers to the last N training prompts (default: a
-        twentieth of them, 20 of the 400).
+        twentieth of them, 20 of the default --train-prompts 400).
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle

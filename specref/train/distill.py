@@ -279,7 +279,10 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
     """Stages 1-2 of distillation with a packed (faster) copy of the target, plus the prompt sets and the number
     of validation prompts (`val_prompts`; None: a twentieth of the training prompts)."""
     tok = load_tokenizer(target_dir)
-    prompts = [encode(tok, p) for p in load_prompts("train")[:train_prompts]]
+    texts = load_prompts("train")
+    if train_prompts is not None and train_prompts > len(texts):
+        raise ValueError(f"--train-prompts {train_prompts}: the training set has {len(texts)} prompts")
+    prompts = [encode(tok, p) for p in texts[:train_prompts]]
     val_prompts = len(prompts) // 20 if val_prompts is None else val_prompts
     if not 0 <= val_prompts < len(prompts):  # before hours of data and labels, not after
         raise ValueError(f"--val-prompts must lie in [0, {len(prompts)}) (the training prompts), got {val_prompts}")
