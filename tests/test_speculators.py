@@ -236,6 +236,18 @@ def test_generate_and_the_cli_accept_a_speculators_dir(tmp_path, target, verifie
                               params=SamplingParams(0.0))
     assert ids[0, 3:].tolist() == expected.token_ids[0]  # greedy: any tree gives greedy AR's tokens
     assert spec.generate([PROMPT, [2, 5]], max_length=6, verifier=target).shape == (2, 6)
+    # prompts of different lengths line up as transformers' do: new tokens from column T, padding never decoded
+    alone = spec.generate([[2, 5]], max_new_tokens=4, verifier=target)[0].tolist()
+    ragged = spec.generate([PROMPT, [2, 5]], max_new_tokens=4, verifier=target)
+    assert not target.config.eos_token_id
+    pad = 0  # this verifier has no EOS token: rows are padded with id 0
+    assert ragged[1].tolist() == [pad, *alone] and ragged[0, 3:].tolist() == ids[0, 3:7].tolist()
+    masked = spec.generate(torch.tensor([[7, 2, 5], PROMPT]), attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]),
+                           max_new_tokens=4, verifier=target)
+    assert masked[0].tolist() == [7, *alone] and torch.equal(masked[1], ragged[0])
+    for mask, problem in (([[1, 1]], "has shape"), ([[0, 2, 1]], "only 0"), ([[0, 0, 0]], "no prompt token")):
+        with pytest.raises(ValueError, match=problem):
+            spec.generate(torch.tensor([PROMPT]), attention_mask=mask, max_new_tokens=2, verifier=target)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
         spec.generate([PROMPT], max_new_tokens=0, verifier=target)
     with pytest.raises(ValueError, match="max_length 3 leaves no room"):

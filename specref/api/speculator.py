@@ -61,6 +61,22 @@ class SpeculatorConfig:
     bos_eos: tuple[Any, Any] = (None, None)
 
 
+def unpadded(rows: list[list[int]], attention_mask: Tensor | Sequence[Sequence[int]]) -> list[list[int]]:
+    """The tokens of each padded row whose `attention_mask` entry is 1, checked: a (B, T) mask of 0s and 1s
+    matching the rows, each row keeping at least one token."""
+    mask = torch.as_tensor(attention_mask)
+    shape = (len(rows), len(rows[0]) if rows else 0)
+    if mask.dim() == 1 and len(rows) == 1:
+        mask = mask[None]
+    if tuple(mask.shape) != shape or any(len(r) != shape[1] for r in rows):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; the padded input_ids are {shape}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (a prompt token)")
+    if not bool(mask.bool().any(1).all()):
+        raise ValueError("attention_mask leaves a row with no prompt token")
+    return [[t for t, m in zip(r, m_row, strict=True) if m] for r, m_row in zip(rows, mask.tolist(), strict=True)]
+
+
 def resolve_verifier(verifier: str | Path | Llama | None) -> Path | Llama | None:
     """A loaded model, a local checkpoint directory, or the embedded default's name; a hub id is refused with
     the reason (no model hub is reachable from specref)."""
@@ -217,16 +233,21 @@ class Speculator:
     @torch.no_grad()
     def generate(self, input_ids: Tensor | Sequence[int] | Sequence[Sequence[int]], max_length: int | None = None,
                  max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, *, verifier: str | Path | Llama | None = None,
-                 tree: TreeSpec | None = None) -> Tensor:
-        """Prompt + new tokens, (B, T + new) like transformers' generate, by lossless EAGLE tree decoding with the
-        verifier: greedy unless `do_sample`. Sequences stop at the verifier's end-of-sequence token and are
-        padded with it. `max_new_tokens` wins over `max_length` (prompt included); without either, 20 new."""
-        prompts = (input_ids.tolist() if isinstance(input_ids, Tensor) else
-                   [list(input_ids)] if input_ids and isinstance(input_ids[0], int) else [list(p) for p in input_ids])
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, *,
+                 attention_mask: Tensor | Sequence[Sequence[int]] | None = None,
+                 verifier: str | Path | Llama | None = None, tree: TreeSpec | None = None) -> Tensor:
+        """(B, T + new) like transformers' generate: the T prompt columns, then each row's new tokens from lossless
+        EAGLE tree decoding with the verifier, greedy unless `do_sample`. Rows stop at the verifier's
+        end-of-sequence token and are padded with it. Prompts of different lengths come as a list of lists (left-
+        padded here with that token, so every row's new tokens start at column T) or as a padded tensor with its
+        `attention_mask` (0 marks padding, as a tokenizer with padding_side="left" gives them); padding is never
+        decoded. `max_new_tokens` wins over `max_length` (T included); without either, 20 new."""
+        given = (input_ids.tolist() if isinstance(input_ids, Tensor) else
+                 [list(input_ids)] if input_ids and isinstance(input_ids[0], int) else [list(p) for p in input_ids])
         if isinstance(input_ids, Tensor) and input_ids.dim() == 1:
-            prompts = [prompts]
-        longest = max(map(len, prompts), default=0)
+            given = [given]
+        prompts = given if attention_mask is None else unpadded(given, attention_mask)
+        longest = max(map(len, given), default=0)
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if max_new_tokens is None:
@@ -241,6 +262,7 @@ class Speculator:
         out = eagle_decode.generate_batch(target, self.head_for(target), prompts, tree=spec,
                                           max_new_tokens=max_new_tokens, params=params, seed=seed,
                                           eos_token_ids=eos)
-        rows = [p + new for p, new in zip(prompts, out.token_ids, strict=True)]
-        width, pad = max(map(len, rows)), eos[0] if eos else 0
+        pad = eos[0] if eos else 0
+        rows = [[pad] * (longest - len(p)) + p + new for p, new in zip(given, out.token_ids, strict=True)]
+        width = max(map(len, rows))
         return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
