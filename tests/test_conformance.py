@@ -343,6 +343,16 @@ def test_cli_runs_the_tiny_suite_and_writes_every_report(tmp_path):
     assert sum(line.startswith("tiny ") for line in res.stdout.splitlines()) == 12
 
 
+def test_chunks_of_runs_with_neighbouring_seeds_draw_different_samples(law):
+    """Chunk i of a run is not chunk i - 1 of the run seeded one higher; the first chunk keeps the run's seed."""
+    seeds: dict[int, list[int]] = {0: [], 1: []}
+    for run, used in seeds.items():
+        check_sampler(lambda p, n, s, used=used: used.append(s) or law_sampler(law)(p, n, s), None, PROMPT, L,
+                      law=law, n=100, seed=run, chunk=30)
+    assert seeds[0][0] == 0 and seeds[1][0] == 1 and len(set(seeds[0] + seeds[1])) == 8
+    assert all(0 <= s < 2**32 for s in seeds[0] + seeds[1])
+
+
 def test_degenerate_runs_are_refused_or_marked(law):
     with pytest.raises(ValueError, match="chunk"):
         check_sampler(law_sampler(law), None, PROMPT, L, law=law, n=100, chunk=-1)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from specref.checks import check_count
 from specref.conformance.law import Law, exact_law, greedy_continuation
 from specref.conformance.stats import chi2_sf, counts_of, detectable_tv, g_statistic, pooled_cells
@@ -68,14 +70,22 @@ class Report:
         return {**asdict(self), "passed": self.passed, "verdict": self.verdict}
 
 
+def chunk_seed(seed: int, i: int) -> int:
+    """The seed of chunk i of a run seeded `seed`: the seed itself for the first chunk (an unchunked run draws
+    with the seed it was given), then 32-bit seeds derived from (seed, i), so runs with neighbouring seeds draw
+    different samples (with seed + i, run 0's second chunk would repeat run 1's first) and a sampler that takes
+    only 32-bit seeds (llama.cpp's) accepts them."""
+    return seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+
+
 def draw(sampler: Sampler, prompt_ids: Sequence[int], n: int, seed: int, length: int,
          chunk: int | None) -> list[list[int]]:
-    """n continuations cut to `length`, drawn in chunks (seeds seed, seed + 1, ...) so memory stays bounded."""
+    """n continuations cut to `length`, drawn in chunks (seeds `chunk_seed(seed, i)`) so memory stays bounded."""
     out: list[list[int]] = []
     size = check_count("chunk", chunk) if chunk is not None else n
     for i, start in enumerate(range(0, n, size)):
         want = min(size, n - start)
-        got = list(sampler(list(prompt_ids), want, seed + i))
+        got = list(sampler(list(prompt_ids), want, chunk_seed(seed, i)))
         if len(got) != want:
             raise ValueError(f"the sampler returned {len(got)} continuations, {want} were asked for")
         for s in got:
