@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_target
 from safetensors.torch import load_file, save_file
 
-from specref import SamplingParams
+from specref import SamplingParams, eagle_decode
 from specref.api.speculator import Speculator
 from specref.conformance import check_sampler
 from specref.conformance.engines import specref_sampler
@@ -224,7 +224,7 @@ def test_eagle31_norms_follow_their_definitions(target):
     torch.testing.assert_close(logits_out, logits_base)  # and drafts from the same distribution
 
 
-def test_generate_and_the_cli_accept_a_speculators_dir(tmp_path, target, verifier, capsys):
+def test_generate_and_the_cli_accept_a_speculators_dir(tmp_path, target, verifier, capsys, monkeypatch):
     src, out = tmp_path / "src", tmp_path / "out"
     original(head_of(target, "eagle3"), src, "eagle3")
     Speculator.from_pretrained(src, verifier=verifier, quiet=True).save_pretrained(out)
@@ -242,12 +242,23 @@ def test_generate_and_the_cli_accept_a_speculators_dir(tmp_path, target, verifie
     assert not target.config.eos_token_id
     pad = 0  # this verifier has no EOS token: rows are padded with id 0
     assert ragged[1].tolist() == [pad, *alone] and ragged[0, 3:].tolist() == ids[0, 3:7].tolist()
+    decoded, real_batch = [], eagle_decode.generate_batch  # the prompts the loop is given: padding stripped
+    monkeypatch.setattr(eagle_decode, "generate_batch",
+                        lambda t, h, prompts, **kw: decoded.append(prompts) or real_batch(t, h, prompts, **kw))
     masked = spec.generate(torch.tensor([[7, 2, 5], PROMPT]), attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]),
                            max_new_tokens=4, verifier=target)
+    assert decoded == [[[2, 5], PROMPT]]
     assert masked[0].tolist() == [7, *alone] and torch.equal(masked[1], ragged[0])
-    for mask, problem in (([[1, 1]], "has shape"), ([[0, 2, 1]], "only 0"), ([[0, 0, 0]], "no prompt token")):
+    one = spec.generate(torch.tensor([7, 2, 5]), attention_mask=torch.tensor([False, True, True]), max_new_tokens=4,
+                        verifier=target)  # one row, 1-D, a bool mask
+    assert one[0].tolist() == [7, *alone] and decoded[-1] == [[2, 5]]
+    for ids_, mask, problem in (([PROMPT], [[1, 1]], "has shape"), ([PROMPT], [[0, 2, 1]], "only 0"),
+                                ([PROMPT], [[0, 0, 0]], "left padding"), ([PROMPT], [[1, 1, 0]], "left padding"),
+                                ([PROMPT], [[1, 0, 1]], "left padding"), ([PROMPT, [2, 5]], [[1, 1, 1], [1, 1, 1]],
+                                                                          "padded to one width")):
         with pytest.raises(ValueError, match=problem):
-            spec.generate(torch.tensor([PROMPT]), attention_mask=mask, max_new_tokens=2, verifier=target)
+            spec.generate(ids_, attention_mask=mask, max_new_tokens=2, verifier=target)
+    assert len(decoded) == 2  # every refusal came before decoding
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
         spec.generate([PROMPT], max_new_tokens=0, verifier=target)
     with pytest.raises(ValueError, match="max_length 3 leaves no room"):

@@ -61,20 +61,25 @@ class SpeculatorConfig:
     bos_eos: tuple[Any, Any] = (None, None)
 
 
-def unpadded(rows: list[list[int]], attention_mask: Tensor | Sequence[Sequence[int]]) -> list[list[int]]:
-    """The tokens of each padded row whose `attention_mask` entry is 1, checked: a (B, T) mask of 0s and 1s
-    matching the rows, each row keeping at least one token."""
+def unpadded(rows: list[list[int]], attention_mask: Tensor | Sequence[int] | Sequence[Sequence[int]]
+             ) -> list[list[int]]:
+    """The prompt tokens of left-padded rows: those whose `attention_mask` entry is 1, checked first (a mask of
+    the rows' (B, T) shape, each row 0s then at least one 1: right padding or holes would put padding inside
+    a sequence, which transformers only warns about)."""
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError("with attention_mask, input_ids must be padded to one width; its rows' lengths differ")
     mask = torch.as_tensor(attention_mask)
-    shape = (len(rows), len(rows[0]) if rows else 0)
     if mask.dim() == 1 and len(rows) == 1:
         mask = mask[None]
-    if tuple(mask.shape) != shape or any(len(r) != shape[1] for r in rows):
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; the padded input_ids are {shape}")
+    shape = (len(rows), len(rows[0]) if rows else 0)
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; input_ids has {shape}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (a prompt token)")
-    if not bool(mask.bool().any(1).all()):
-        raise ValueError("attention_mask leaves a row with no prompt token")
-    return [[t for t, m in zip(r, m_row, strict=True) if m] for r, m_row in zip(rows, mask.tolist(), strict=True)]
+    if mask.shape[1] == 0 or not bool((mask.long().diff(dim=1) >= 0).all() & mask.bool()[:, -1].all()):
+        raise ValueError("attention_mask must be left padding: in each row 0s, then at least one 1 to the end "
+                         "(a tokenizer with padding_side=\"left\")")
+    return [r[len(r) - int(n):] for r, n in zip(rows, mask.long().sum(1).tolist(), strict=True)]
 
 
 def resolve_verifier(verifier: str | Path | Llama | None) -> Path | Llama | None:
@@ -234,13 +239,13 @@ class Speculator:
     def generate(self, input_ids: Tensor | Sequence[int] | Sequence[Sequence[int]], max_length: int | None = None,
                  max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, *,
-                 attention_mask: Tensor | Sequence[Sequence[int]] | None = None,
+                 attention_mask: Tensor | Sequence[int] | Sequence[Sequence[int]] | None = None,
                  verifier: str | Path | Llama | None = None, tree: TreeSpec | None = None) -> Tensor:
         """(B, T + new) like transformers' generate: the T prompt columns, then each row's new tokens from lossless
         EAGLE tree decoding with the verifier, greedy unless `do_sample`. Rows stop at the verifier's
         end-of-sequence token and are padded with it. Prompts of different lengths come as a list of lists (left-
-        padded here with that token, so every row's new tokens start at column T) or as a padded tensor with its
-        `attention_mask` (0 marks padding, as a tokenizer with padding_side="left" gives them); padding is never
+        padded here with that token, so every row's new tokens start at column T) or as a left-padded tensor with
+        its `attention_mask` (0 marks padding, as a tokenizer with padding_side="left" gives them); padding is never
         decoded. `max_new_tokens` wins over `max_length` (T included); without either, 20 new."""
         given = (input_ids.tolist() if isinstance(input_ids, Tensor) else
                  [list(input_ids)] if input_ids and isinstance(input_ids[0], int) else [list(p) for p in input_ids])

@@ -73,8 +73,8 @@ class Report:
 def chunk_seed(seed: int, i: int) -> int:
     """The seed of chunk i of a run seeded `seed`: the seed itself for the first chunk (an unchunked run draws
     with the seed it was given), then 32-bit seeds derived from (seed, i), so runs with neighbouring seeds draw
-    different samples (with seed + i, run 0's second chunk would repeat run 1's first) and a sampler that takes
-    only 32-bit seeds (llama.cpp's) accepts them."""
+    different samples (with seed + i, run 0's second chunk would repeat run 1's first); derived seeds fit in 32
+    bits, for samplers that take no more (llama.cpp's)."""
     return seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
 
 

@@ -204,7 +204,8 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     """AdamW with warm-up and cosine decay over `epochs` shuffled passes; checkpoints every 100 steps into
     `state_file` and resumes from it (refusing one written with other `settings`). With `val`, the loss on those
     sequences after every epoch (the mean of its batches' losses) says whether more epochs would still pay.
-    Returns (every step's training loss, steps, validation losses); both lists survive a resume.
+    Returns (every step's training loss, steps, validation losses); both lists survive a resume (the training
+    losses from the first state that kept them).
 
     `bf16` computes the forward's matrix products in bfloat16 (CPU autocast; weights, optimiser and loss stay
     fp32): on the 2-thread Xeon VM with AMX a head's 4,096-token step took 2.2 s instead of 3.7 s."""
@@ -215,7 +216,8 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     flat = [g for _ in range(epochs) for g in batches(data, batch_tokens, rng)]
     per_epoch = len(flat) // epochs  # `batches` makes the same number of groups every pass
     val_groups = batches(val, batch_tokens, np.random.default_rng(0)) if val else []
-    step, losses, val_losses = 0, [], []
+    step, val_losses = 0, []
+    losses: list[float] = []
     if state_file.exists():
         try:
             state = torch.load(state_file, weights_only=True)
@@ -227,7 +229,7 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, val_losses = int(state["step"]), list(state.get("val_losses", []))
-        losses = list(state.get("losses", []))  # states written before specref kept them have none
+        losses = list(state.get("losses", []))  # a state written before specref kept them: only the steps after it
     with tqdm(total=len(flat), initial=step, desc=desc, unit="step") as bar, warnings.catch_warnings():
         # under autocast a norm gets bfloat16 inputs and fp32 weights; PyTorch warns that it skips its fused kernel
         warnings.filterwarnings("ignore", "Mismatch dtype between input and weight")
@@ -280,8 +282,8 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
     of validation prompts (`val_prompts`; None: a twentieth of the training prompts)."""
     tok = load_tokenizer(target_dir)
     texts = load_prompts("train")
-    if train_prompts is not None and train_prompts > len(texts):
-        raise ValueError(f"--train-prompts {train_prompts}: the training set has {len(texts)} prompts")
+    if train_prompts is not None and not 1 <= train_prompts <= len(texts):
+        raise ValueError(f"--train-prompts must lie in [1, {len(texts)}] (the training set), got {train_prompts}")
     prompts = [encode(tok, p) for p in texts[:train_prompts]]
     val_prompts = len(prompts) // 20 if val_prompts is None else val_prompts
     if not 0 <= val_prompts < len(prompts):  # before hours of data and labels, not after

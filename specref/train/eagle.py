@@ -1,6 +1,7 @@
 """Train an EAGLE head for a target on text the target writes itself (`python -m specref train-eagle`).
 
-Same data and labels as the draft (`distill.py`), plus the target's features at every position. The head
+The draft's pipeline (`distill.py`: target-written answers and the target's top-K labels), plus the target's
+features at every position; a work dir is shared with `train-draft` when both use the same --samples. The head
 learns the pair (f_j, x_{j+1}) -> the target's top-K law of x_{j+2} on answer positions (EAGLE, Li et al.
 2024; the token-level loss only, as EAGLE-3 uses), unrolled as it is used in a tree: step s reads x_{j+s}
 with the head's own output from step s-1 in place of a target feature and predicts x_{j+s+1}, attending to
@@ -9,7 +10,7 @@ weighted 0.8^(s-1). The default
 is an EAGLE-3 head (arXiv 2503.01840) over the target's layers (2, L//2, L-3) with a reduced output
 vocabulary: on a CPU every tree level runs the head's output layer over the whole frontier, and the full
 49,152-row head of SmolLM2 would cost a fifth of a target step each time. It is evaluated by tau (tokens per
-target call) of greedy EAGLE decoding with the default dynamic tree on the held-out prompts, and saved in bf16.
+target call) of greedy EAGLE decoding with the CPU's default tree on the held-out prompts, and saved in bf16.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from specref.train.distill import (
     prepare,
     target_to_draft,
 )
-from specref.tree import TreeSpec
+from specref.tree import TreeSpec, device_tree
 
 DECAY = 0.8  # weight of unroll step s is DECAY^(s-1): deeper guesses matter less, as in EAGLE-3
 
@@ -137,7 +138,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
                                     desc="head learns", bf16=bf16, val=val)
 
-    tree = tree or TreeSpec()
+    tree = tree or device_tree("cpu")  # the CLI's default too: the head is evaluated on the CPU
     print(f"evaluating on held-out prompts (greedy EAGLE, {tree.kind} tree)", file=sys.stderr)
     head.eval()
     gen = eagle_decode.generate_batch(dense, head, run["heldout"], tree=tree, max_new_tokens=eval_new_tokens,
