@@ -366,8 +366,8 @@ class CLI:
         print(json.dumps(result, indent=2))
 
     def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
-                    vocab: int = 8192, samples: int = 6, max_new_tokens: int = 192, epochs: int = 14,
-                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 400,
+                    vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 14,
+                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 1200,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
                     val_prompts: int | None = None) -> None:
@@ -376,7 +376,7 @@ class CLI:
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples to
         reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32). --val-prompts N: as for
         train-draft, a validation loss after every epoch on the answers to the last N training prompts (default: a
-        twentieth of them, 20 of the default --train-prompts 400).
+        twentieth of them, 60 of the default --train-prompts 1200).
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle

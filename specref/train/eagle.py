@@ -80,9 +80,9 @@ def new_head(target: Llama, kind: str, vocab_ids: Tensor, seed: int) -> EagleHea
 
 
 def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
-                vocab: int = 8192, samples: int = 6, max_new_tokens: int = 192, epochs: int = 14, lr: float = 2e-3,
+                vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 14, lr: float = 2e-3,
                 batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
-                train_prompts: int | None = 400, eval_prompts: int = 60, eval_new_tokens: int = 128,
+                train_prompts: int | None = 1200, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
