@@ -23,6 +23,7 @@ Greedy outputs of every specref row are compared token by token with HF AR (int4
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import json
 import statistics
@@ -225,7 +226,13 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
         if reference is not None and not name.startswith("llama.cpp"):  # llama.cpp: another implementation
             mismatches[name] = [i for i, (a, b) in enumerate(zip(outs, reference, strict=True)) if a != b]
     summary = {
-        "machine": machine(dev), "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats,
+        "machine": machine(dev), "settings": {  # with `out`, the command line that reproduces this run
+            "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats, "gammas": list(gammas),
+            "temperatures": list(temperatures), "device": device, "pack": pack, "seed": seed,
+            "trees": list(trees), "groups": list(groups)},
+        "weights_sha256": {name: weights_digest(d) for name, d in
+                           (("target", target_dir), ("draft", draft_dir), ("eagle", default_head_dir()))},
+        "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats,
         "packed_linears": pack, "cost_ratio_c": c, "target_step_ms": target_step * 1e3,
         "weight_read_floor_ms": floor * 1e3, "read_bandwidth_GBps": bandwidth,
         "generate_peak_rss_gb": generate_peak_rss_gb(texts[0], max_new_tokens, device),
@@ -243,6 +250,16 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
         speculation_figure(results, c, plot, summary["machine"])
         print(f"wrote {plot}")
     return summary
+
+
+def weights_digest(directory: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a model directory's weights: which draft or head a stored
+    result measured, after the shipped ones have been retrained."""
+    digest = hashlib.sha256()
+    with open(Path(directory) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def llama_cpp_run(llama: Any, inputs: list[list[int]], max_new_tokens: int, params: SamplingParams, seed: int,
