@@ -341,16 +341,17 @@ class CLI:
                   temperature=temperature, seed=seed)
 
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
-                    vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
-                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 400,
-                    eval_prompts: int = 60, bf16: bool = False, val_prompts: int = 0) -> None:
+                    vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 10,
+                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 1200,
+                    eval_prompts: int = 60, bf16: bool = False, val_prompts: int | None = None) -> None:
         """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there. --bf16 trains
         with bfloat16 matrix products (faster on CPUs with bfloat16 units; the shipped draft was trained in fp32).
         --val-prompts N holds the answers to the last N training prompts out of training and prints their loss after
-        every epoch. --train-prompts N: the first N of the package's 1,200 training prompts (default 400, those the
-        shipped weights were trained on).
+        every epoch (default: a twentieth of them; 0: none). --train-prompts N: the first N of the package's 1,200
+        training prompts (default: all, as the shipped weights were trained). With the same --samples and
+        --train-prompts, train-draft and train-eagle can share one --work-dir.
         """
         from specref.checks import check_count
         from specref.train.draft import train_draft
@@ -373,8 +374,8 @@ class CLI:
                     val_prompts: int | None = None) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
-        Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples to
-        reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32). --val-prompts N: as for
+        Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
+        --train-prompts to reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32). --val-prompts N: as for
         train-draft, a validation loss after every epoch on the answers to the last N training prompts (default: a
         twentieth of them, 60 of the default --train-prompts 1200).
         """

@@ -53,10 +53,10 @@ def new_draft(target: Llama, layers: int, vocab_ids: Tensor) -> Llama:
 
 
 def train_draft(out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
-                vocab: int = 8192, samples: int = 3, max_new_tokens: int = 192, epochs: int = 10,
+                vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 10,
                 lr: float = 2e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
-                train_prompts: int | None = 400, eval_prompts: int = 60, eval_new_tokens: int = 128,
-                bf16: bool = False, val_prompts: int | None = 0) -> dict[str, Any]:
+                train_prompts: int | None = 1200, eval_prompts: int = 60, eval_new_tokens: int = 128,
+                bf16: bool = False, val_prompts: int | None = None) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
 
     check_output(out)
