@@ -375,9 +375,9 @@ class CLI:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
-        --train-prompts to reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32). --val-prompts N: as for
-        train-draft, a validation loss after every epoch on the answers to the last N training prompts (default: a
-        twentieth of them, 60 of the default --train-prompts 1200).
+        --train-prompts to reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32).
+        --val-prompts N: as for train-draft, a validation loss after every epoch on the answers to the last N
+        training prompts (default: a twentieth of them, 60 of the default --train-prompts 1200).
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle
