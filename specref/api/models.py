@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_target_dir, resolve_target
+from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_target_dir
 from specref.formats.files import read_json_config
 from specref.formats.hf import SUPPORTED_MODEL_TYPES, load_draft, load_model, load_tokenizer
 from specref.formats.hf_adapter import HFCausalLM
@@ -22,7 +22,15 @@ DEFAULT_DRAFT = "smollm2-draft"  # the shipped draft of the default target
 
 def resolve(name: str) -> Path:
     """The checkpoint directory a model name stands for."""
-    return default_draft_dir() if name == DEFAULT_DRAFT else resolve_target(name, "model")
+    if name == DEFAULT_TARGET:
+        return default_target_dir()
+    if name == DEFAULT_DRAFT:
+        return default_draft_dir()
+    path = Path(name)
+    if not path.is_dir():
+        raise ValueError(f"model {name!r} is neither a local checkpoint directory nor {DEFAULT_TARGET!r} / "
+                         f"{DEFAULT_DRAFT!r}; no model hub is reachable here: download it and pass its path")
+    return path
 
 
 def load_named(name: str, device: str | torch.device = "cpu", *, target: Any = None) -> Any:

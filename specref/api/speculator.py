@@ -22,7 +22,7 @@ from torch import Tensor
 
 from specref import eagle_decode
 from specref.eagle import EagleHead, HeadConfig
-from specref.formats.default_model import DEFAULT_TARGET, resolve_target
+from specref.formats.default_model import DEFAULT_TARGET, default_target_dir
 from specref.formats.eagle import check_head_dir, head_from, place_head, read_head_dir
 from specref.formats.files import atomic_directory, read_json_config
 from specref.formats.hf import config_from_hf, load_model, split_hf
@@ -87,7 +87,13 @@ def resolve_verifier(verifier: str | Path | Llama | None) -> Path | Llama | None
     the reason (no model hub is reachable from specref)."""
     if verifier is None or isinstance(verifier, Llama):
         return verifier
-    return resolve_target(verifier, "verifier")
+    if str(verifier) == DEFAULT_TARGET:
+        return default_target_dir()
+    path = Path(verifier)
+    if not path.is_dir():
+        raise ValueError(f"verifier {str(verifier)!r} is not a local checkpoint directory (or {DEFAULT_TARGET!r}); "
+                         "download it first and pass its path")
+    return path
 
 
 def target_config(verifier: Path | Llama | None, cfg: dict[str, Any], weights: dict[str, Tensor]) -> ModelConfig:

@@ -133,15 +133,11 @@ def default_head_dir() -> Path:
     return HEAD_DIR
 
 
-def resolve_target(target: str | Path | None, what: str = "--target") -> Path:
-    """The checkpoint directory a model name stands for: nothing or the default's name is the cached default
-    target; anything else must be a local directory, since no model hub is reachable from specref. `what` names
-    the argument in the error (the CLI's flags, the façades' model names and the Speculator's verifier share
-    this one rule)."""
-    if target is None or str(target) == DEFAULT_TARGET:
+def resolve_target(target: str | None) -> Path:
+    """A checkpoint directory for `--target`: the default's name (or nothing) means the cached default."""
+    if target is None or target == DEFAULT_TARGET:
         return default_target_dir()
     path = Path(target)
-    if not path.is_dir():
-        raise ValueError(f"{what} {str(target)!r} is neither a local checkpoint directory nor {DEFAULT_TARGET!r}; "
-                         "no model hub is reachable from specref: download it and pass its path")
+    if not path.exists() and os.sep not in target and "." not in target:
+        raise ValueError(f"unknown --target {target!r}: give a checkpoint directory or {DEFAULT_TARGET!r}")
     return path
