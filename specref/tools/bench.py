@@ -23,7 +23,6 @@ Greedy outputs of every specref row are compared token by token with HF AR (int4
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import statistics
@@ -39,7 +38,13 @@ from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode, sps
 from specref.cpu import pack_linears, quantize_int4
-from specref.formats.default_model import default_draft_dir, default_head_dir, default_target_dir, locate_gguf
+from specref.formats.default_model import (
+    default_draft_dir,
+    default_head_dir,
+    default_target_dir,
+    file_digest,
+    locate_gguf,
+)
 from specref.formats.eagle import load_head
 from specref.formats.hf import load_draft, load_model, load_tokenizer, standalone_draft, to_transformers
 from specref.formats.prompts import encode, load_prompts
@@ -230,8 +235,9 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
             "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats, "gammas": list(gammas),
             "temperatures": list(temperatures), "device": device, "pack": pack, "seed": seed,
             "trees": list(trees), "groups": list(groups)},
-        "weights_sha256": {name: weights_digest(d) for name, d in
-                           (("target", target_dir), ("draft", draft_dir), ("eagle", default_head_dir()))},
+        "weights_sha256": {  # 16 hex digits: which shipped draft or head a stored result measured
+            name: file_digest(Path(d) / "model.safetensors", "sha256")[:16]
+            for name, d in (("target", target_dir), ("draft", draft_dir), ("eagle", default_head_dir()))},
         "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats,
         "packed_linears": pack, "cost_ratio_c": c, "target_step_ms": target_step * 1e3,
         "weight_read_floor_ms": floor * 1e3, "read_bandwidth_GBps": bandwidth,
@@ -250,16 +256,6 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
         speculation_figure(results, c, plot, summary["machine"])
         print(f"wrote {plot}")
     return summary
-
-
-def weights_digest(directory: str | Path) -> str:
-    """The first 16 hex digits of the SHA-256 of a model directory's weights: which draft or head a stored
-    result measured, after the shipped ones have been retrained."""
-    digest = hashlib.sha256()
-    with open(Path(directory) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def llama_cpp_run(llama: Any, inputs: list[list[int]], max_new_tokens: int, params: SamplingParams, seed: int,
