@@ -38,7 +38,7 @@ with tempfile.TemporaryDirectory() as tmp:
     converted = Speculator.from_pretrained(out, verifier=target).head_for(target)
 
 rows = []
-trees = {"dynamic 6/3/4 (the CPU default at T = 0)": DEVICE_TREES["cpu"],
+trees = {"dynamic 6/3/4 (the packed CPU's default at T = 0)": DEVICE_TREES["cpu"],
          "static (EAGLE-1's 25 paths)": TreeSpec("static")}
 for name, tree in trees.items():
     taus = []

@@ -1,15 +1,20 @@
 """Faster linear layers for CPU decoding: oneDNN matrix products on weights packed once, and 4-bit weights.
 
 Decoding one sequence is a chain of matrix-vector products, so its speed is how fast weights stream from
-memory. On the 2-core AMD EPYC machines specref is measured on, PyTorch's default fp32 CPU path reads
-weights at ~11 GB/s, while oneDNN on prepacked ("reordered") weights reaches ~20 GB/s, and its cost stays
-nearly flat from 1 to 8 rows: the rows a speculative verification adds are almost free. The product is
-the same, only the summation order differs (relative differences ~1e-6).
+memory. On the 2-core AMD EPYC machine of the README's table, PyTorch's default fp32 CPU path reads weights
+at ~11 GB/s, while oneDNN on prepacked ("reordered") weights reaches ~20 GB/s, and its cost stays nearly flat
+from 1 to 8 rows: the rows a speculative verification adds are almost free. On the 2-thread Intel Xeon VM it is
+the other way round for few rows: PyTorch's default product (Intel MKL's) ran a one-token step in 45 ms
+against 58 ms packed, and 3 rows in 51 ms, though 4 rows jump to 71 ms (packed: 62). `packing_pays` encodes
+that as a fixed rule. The product is the same, only the summation order differs (relative differences ~1e-6).
 
 A 4-bit target (`quantize_int4`) reads an eighth of the bytes, but it is a different model: see `Int4Linear`.
 """
 
 from __future__ import annotations
+
+import platform
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +33,32 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (GenuineIntel, AuthenticAMD, ...): /proc/cpuinfo on Linux, else what the platform
+    module reports (on Windows it names the vendor; elsewhere it may not, which `packing_pays` reads as not Intel)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "GenuineIntel" if "GenuineIntel" in platform.processor() else platform.processor()
+
+
+def packing_pays(vendor: str, mkl: bool) -> bool:
+    """Whether `pack_linears` is the faster fp32 product on a CPU: everywhere but where PyTorch's default
+    product is Intel MKL on an Intel CPU (module docstring: MKL, Intel's library, beat oneDNN's packed weights
+    at 1-3 rows on the Intel Xeon and ran at half their speed on the AMD EPYC). A fixed rule rather than a
+    timing at start-up: the two products round differently, and a seed must give the same bits on one machine
+    every run."""
+    return not (mkl and vendor == "GenuineIntel")
+
+
+def pack_by_default() -> bool:
+    """`packing_pays` for this machine: what `generate`, `bench` and `calibrate` do without --pack/--nopack."""
+    return packing_pays(cpu_vendor(), torch.backends.mkl.is_available())
 
 
 def pack_linears(model: nn.Module) -> int:

@@ -111,7 +111,7 @@ BAD = [
     ({"prompt_ids": "1,99"}, "prompt token ids"),
     ({"max_new_tokens": 200}, "max_position_embeddings"),
     ({"seed": 2**70}, "seed must be below 2\\*\\*64"),
-    ({"num_samples": 10**9, "max_new_tokens": 8}, "KV caches for 1000000000 samples x 14 positions needs"),
+    ({"num_samples": 10**9, "max_new_tokens": 8, "gamma": 3}, "KV caches for 1000000000 samples x 14 positions needs"),
     ({"device": "meta"}, "cpu or cuda"),
     ({"quantize": "int8"}, "--quantize must be int4"),
     ({"quantize": "int4", "dtype": "float64"}, "--quantize int4 needs --device cpu and --dtype float32"),
@@ -269,6 +269,16 @@ def test_eagle_from_the_command_line(checkpoints, heads, kind, tree):
     sampled = run_cli(*common, "--temperature", "0.9", "--top-p", "0.9", "--num-samples", "3", "--seed", "4")
     assert sampled.returncode == 0, sampled.stderr
     assert json.loads(sampled.stdout)["token_ids"] == json.loads(run_cli(*sampled.args[4:]).stdout)["token_ids"]
+
+
+def test_default_tree_follows_the_cpu_product(checkpoints, heads):
+    # packed products cost about one step up to 8 rows, PyTorch's default ones grow past 3 (`tree.DENSE_CPU_TREES`)
+    target, _ = checkpoints
+    for flag, size in (("--pack", 5), ("--nopack", 2)):
+        res = run_cli("--target", str(target), "--prompt-ids", "3,4,5", "--max-new-tokens", "8", "--output", "json",
+                      "--method", "eagle", "--eagle", str(heads / "eagle3"), flag)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["stats"]["tree_size"] == size
 
 
 EAGLE_BAD = [

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,6 +121,18 @@ def test_packed_linears_give_the_same_greedy_text(target, target_dir):
     packed = load_model(target_dir)
     assert pack_linears(packed) == 4 * 30 + 1
     assert generate_ar(packed, ids, max_new_tokens=24, params=SamplingParams(0.0)).token_ids == dense
+
+
+def test_packing_follows_a_fixed_rule_by_cpu_vendor():
+    """PyTorch's default product is MKL's, which is faster than oneDNN-packed weights at 1-3 rows on Intel CPUs
+    and half as fast on the AMD EPYC measured (`cpu.py`); without MKL there is no such default to prefer."""
+    from specref.cpu import cpu_vendor, pack_by_default, packing_pays
+
+    assert not packing_pays("GenuineIntel", mkl=True)
+    assert packing_pays("AuthenticAMD", mkl=True) and packing_pays("GenuineIntel", mkl=False)
+    if Path("/proc/cpuinfo").exists():
+        assert pack_by_default() == (cpu_vendor() != "GenuineIntel" or not torch.backends.mkl.is_available())
+        assert cpu_vendor() in Path("/proc/cpuinfo").read_text()
 
 
 @pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="no CPU int4 kernel")

@@ -45,6 +45,7 @@ CASES = [
     ("eagle", SMALL_SAMPLED, SamplingParams(1.0)),
     ("eagle3", SMALL_SAMPLED, SamplingParams(0.7, top_p=0.8)),  # small supports: some nodes fall back to top ranks
     ("eagle3", device_tree("cpu", SamplingParams(1.0)), SamplingParams(1.0)),  # the CPU's tree at T > 0
+    ("eagle3", device_tree("cpu", SamplingParams(1.0), packed=False), SamplingParams(1.0)),  # unpacked products
 ]
 
 
@@ -176,7 +177,16 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
     import numpy as np
 
     from specref.tools.options import parse_tree, read_choices, tree_for, trees_at
-    from specref.tree import DEFAULT_CHOICES, DEVICE_TREES, FORK_CHOICES, MEDUSA_CHOICES, static_tree, tree_buffers
+    from specref.tree import (
+        CHAIN1_CHOICES,
+        DEFAULT_CHOICES,
+        DENSE_CPU_TREES,
+        DEVICE_TREES,
+        FORK_CHOICES,
+        MEDUSA_CHOICES,
+        static_tree,
+        tree_buffers,
+    )
 
     for choices, per_depth in ((DEFAULT_CHOICES, [4, 8, 8, 3, 2]), (MEDUSA_CHOICES, [10, 28, 22, 3])):
         depth, _ = tree_buffers(static_tree(choices)[0])
@@ -189,6 +199,14 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
     assert parse_tree("default", "mps", sampling) == parse_tree("default", "cpu", sampling)  # unmeasured: the CPU's
     assert parse_tree("default", "cuda", sampling) == DEVICE_TREES["cuda"]  # none measured on CUDA yet
     assert tree_for("cpu", params=sampling, depth=5) == TreeSpec(total_tokens=6, depth=5, top_k=4)  # sizes: dynamic
+    # a CPU target with PyTorch's default products (not packed) verifies 2 drafted nodes; other devices ignore it
+    dense = TreeSpec(total_tokens=3, depth=2, top_k=2)
+    assert parse_tree("default", "cpu", greedy, packed=False) == DENSE_CPU_TREES["greedy"] == dense
+    assert parse_tree("default", "cpu", sampling, packed=False) == TreeSpec("static", CHAIN1_CHOICES,
+                                                                             children="sampled")
+    assert parse_tree("default", "cuda", greedy, packed=False) == DEVICE_TREES["cuda"]
+    assert tree_for("cpu", depth=3, packed=False) == TreeSpec(total_tokens=3, depth=3, top_k=2)
+    assert trees_at(["default", "dynamic"], "cpu", greedy, packed=False) == [DENSE_CPU_TREES["greedy"]]
     # the bench's trees per temperature: `default` resolved, each tree once, two trees under one name refused
     assert trees_at(["default", "dynamic", "static"], "cpu", greedy) == [DEVICE_TREES["cpu"], parse_tree("static")]
     assert trees_at(["default", "dynamic", "sampled:fork"], "cpu", sampling) == [device_tree("cpu", sampling),

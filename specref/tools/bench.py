@@ -171,7 +171,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
                          n_ubatch=1, verbose=False)
     rows: list[tuple[str, float, Any]] = []
     for temp in temperatures:
-        tree_specs = trees_at(trees, dev.type, SamplingParams(temp)) if {"eagle", "int4"} & set(groups) else []
+        eagle_rows = {"eagle", "int4"} & set(groups)
+        tree_specs = trees_at(trees, dev.type, SamplingParams(temp), packed=pack) if eagle_rows else []
         rows += [("HF AR", temp, lambda p, r: hf_run(None, p, r)),
                  ("specref AR", temp, lambda p, r: specref_run(None, p, r))]
         if "sps" in groups:

@@ -34,6 +34,9 @@ from specref.tools.timing import median_seconds, step_time
 from specref.tree import FORK_CHOICES, SMALL_CHOICES, TreeSpec
 
 GRID = {"total_tokens": (6, 10, 16, 24, 32), "depth": (3, 4, 6), "top_k": (2, 4, 8)}
+# Trees of 2-3 drafted nodes, for targets whose forward cost grows past 3 rows (PyTorch's default CPU product:
+# `specref/tree.py::DENSE_CPU_TREES`); no deeper than they have nodes.
+SMALL_GRID = {"total_tokens": (3, 4), "depth": (2, 3), "top_k": (2, 4)}
 AR_EVERY = 4  # trees between two AR runs (see `calibrate`)
 # Static trees with sampled children, tried at T > 0: chains, and chains with a second (and third) draw at the
 # root and at depth 1. Sampled children must be the first draws, so every node's children have ranks 0..m-1.
@@ -83,14 +86,14 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
     head = load_head(default_head_dir(), target)
     packing = packing_ms(target, load_model(target_dir, device=dev)) if dev.type == "cpu" else None
     if packing:
-        faster = "packed (the default)" if packing["packed"][1] < packing["default"][1] else "default (--nopack)"
+        faster = "packed (--pack)" if packing["packed"][1] < packing["default"][1] else "default (--nopack)"
         print("target forward ms, PyTorch's default products vs oneDNN-packed weights: " + ", ".join(
             f"{n} tokens {packing['default'][n]:.1f} vs {packing['packed'][n]:.1f}" for n in (1, 6))
             + f"; one token is faster {faster} here")
     if pack:
         pack_linears(target)
         pack_linears(head)
-    target_ms = {n: step_time(target, dev, n) * 1e3 for n in (1, 2, 4, 8, 16, 24, 32, 48, 64)}
+    target_ms = {n: step_time(target, dev, n) * 1e3 for n in (1, 2, 3, 4, 6, 8, 16, 24, 32, 48, 64)}
     head_ms = {n: head_step_time(head, dev, n) * 1e3 for n in (1, 2, 4, 8)}
     print("target forward ms by new tokens: " + ", ".join(f"{n}: {t:.1f}" for n, t in target_ms.items()))
     print("head step ms by frontier nodes:  " + ", ".join(f"{n}: {t:.1f}" for n, t in head_ms.items()))
@@ -106,8 +109,9 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
         return tokens / seconds, tokens / rounds
 
     run(TreeSpec(total_tokens=4, depth=2, top_k=2))  # warm-up
-    grid = {f"dynamic {t}/{d}/{k}": TreeSpec(total_tokens=t, depth=d, top_k=k)
-            for t, d, k in itertools.product(*GRID.values()) if t - 1 <= k + d * k * k}  # skip unfillable trees
+    sizes = [(t, d, k) for t, d, k in itertools.product(*SMALL_GRID.values()) if d <= t - 1]
+    sizes += [(t, d, k) for t, d, k in itertools.product(*GRID.values()) if t - 1 <= k + d * k * k]  # fillable
+    grid = {f"dynamic {t}/{d}/{k}": TreeSpec(total_tokens=t, depth=d, top_k=k) for t, d, k in sizes}
     if not params.greedy:
         grid |= {f"sampled {name}": TreeSpec("static", choices, children="sampled")
                  for name, choices in SAMPLED_GRID.items()}

@@ -122,29 +122,34 @@ class CLI:
     """specref: lossless speculative decoding, a readable reference."""
 
     def generate(self, prompt: str | None = None, *, target: str | None = None, draft: str | None = None,
-                 method: str = "sps", gamma: int = 3, max_new_tokens: int = 128, temperature: float = 0.0,
+                 method: str = "sps", gamma: int | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
                  dtype: str = "float32", prompt_ids: Any = None, num_samples: int = 1, output: str = "text",
-                 greedy_draft: bool = False, raw: bool = False, pack: bool = True, eagle: str | None = None,
+                 greedy_draft: bool = False, raw: bool = False, pack: bool | None = None, eagle: str | None = None,
                  tree: str = "default", choices: Any = "eagle", total_tokens: int | None = None,
                  depth: int | None = None, tree_top_k: int | None = None, show_rounds: bool = False,
                  show_tree: str | None = None, quantize: str | None = None) -> None:
         """Continue PROMPT (text) or --prompt-ids with the target, speculatively drafted by --draft.
 
         Without --target the embedded default pair runs: SmolLM2-135M-Instruct and its shipped draft.
-        --method ar|sps|eagle; --gamma: drafts per round; --temperature 0 is greedy; --top-k 0 and --top-p 1
+        --method ar|sps|eagle; --gamma: drafts per round (default 3; 1 with PyTorch's default CPU products, see
+        --pack, where verifying 4 rows costs ~1.6 one-token steps and 2 rows ~1.1; measured fastest on the Intel
+        Xeon); --temperature 0 is greedy; --top-k 0 and --top-p 1
         disable the filters; --num-samples N draws N independent continuations; --output text|json; --raw skips
         the chat template; --greedy-draft: the draft proposes its argmax (verified with a one-hot q: lossless);
-        --nopack keeps PyTorch's default CPU matrix products instead of oneDNN's packed ones; --quantize int4
+        --pack/--nopack: oneDNN's packed CPU matrix products or PyTorch's default ones (default: packed, except
+        on Intel CPUs, where PyTorch's default product, Intel MKL's, is faster for 1-3 rows); --quantize int4
         stores the target's and the draft's layers as 4-bit weights (CPU, float32; a different target, whose law
         every method then samples exactly: see the README).
         EAGLE: --eagle DIR (an EAGLE-1/2, HASS or EAGLE-3 head; default: the shipped head of the default target),
         --tree default|dynamic|static|sampled; static trees: --choices eagle (EAGLE's default, 25 paths) |
-        medusa (Medusa's 63 nodes) | small (7 nodes) | fork (5 nodes) | a JSON file of paths; sampled: a static
-        tree whose children are drawn from the head's law at T > 0 (top-ranked at T = 0); dynamic trees (EAGLE-2):
+        medusa (Medusa's 63 nodes) | small (7 nodes) | fork (5 nodes) | chain1 (1 node) | a JSON file of paths;
+        sampled: a static tree whose children are drawn from the head's law at T > 0 (top-ranked at T = 0); dynamic
+        trees (EAGLE-2):
         --total-tokens, --depth, --tree-top-k (defaults per device: `python -m specref calibrate` measures them).
-        default: the device's dynamic tree at T = 0 and, on a CPU, the sampled fork at T > 0 (a dynamic tree
-        when --total-tokens, --depth or --tree-top-k is given).
+        default: the device's dynamic tree at T = 0 and, on a CPU, the sampled fork at T > 0; with PyTorch's
+        default products (--nopack, or an Intel CPU), a 2-node dynamic tree at T = 0 and one sampled child at
+        T > 0 (a dynamic tree when --total-tokens, --depth or --tree-top-k is given).
         Pictures: --show-rounds prints each round of the first sample in colour (accepted drafts green, the
         rejected one red, the correction yellow or the bonus blue); --show-tree OUT.svg (EAGLE) draws the first
         round's tree with the target's probabilities on its edges and the accepted path highlighted.
@@ -153,7 +158,7 @@ class CLI:
 
         from specref import autoregressive, eagle_decode, sps
         from specref.checks import check_count, check_pair, check_request, check_run
-        from specref.cpu import int4_layers, pack_linears, quantize_int4
+        from specref.cpu import int4_layers, pack_by_default, pack_linears, quantize_int4
         from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
         from specref.formats.eagle import place_head, read_head
         from specref.formats.files import check_output_file
@@ -168,7 +173,10 @@ class CLI:
         # Every argument is checked before any weights are read.
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
         dev = resolve_device(device)
-        tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k, params)
+        pack = pack_by_default() if pack is None else pack
+        tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k, params, packed=pack)
+        if gamma is None:  # as the trees: rows past the third cost real time with unpacked CPU products
+            gamma = 1 if dev.type == "cpu" and not pack else 3
         check_count("gamma", gamma)
         check_count("num_samples", num_samples)
         check_run(max_new_tokens, seed)
@@ -282,7 +290,7 @@ class CLI:
 
     def bench(self, out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
               gammas: Any = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: Any = (0.0, 1.0), device: str = "cpu",
-              pack: bool = True, seed: int = 0, trees: Any = ("default", "dynamic", "static"),
+              pack: bool | None = None, seed: int = 0, trees: Any = ("default", "dynamic", "static"),
               groups: Any = ("sps", "assisted", "eagle"), plot: str | None = None) -> None:
         """Time HF generate(), specref AR, specref SpS (each --gammas), HF assisted generation and specref EAGLE
         (each --trees: default, dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa, sampled; a tree that
@@ -290,8 +298,10 @@ class CLI:
         prompts, the repeats of every row taking turns; --groups picks among sps,assisted,eagle,int4 (int4:
         specref AR and EAGLE on the 4-bit target, and llama.cpp on the GGUF when llama-cpp-python is installed).
         Prints the table and writes OUT/bench.json; --plot OUT.png draws tokens/s, τ and speed-up against γ
-        (measured and predicted from α and c) and the acceptance of each draft position (needs matplotlib)."""
+        (measured and predicted from α and c) and the acceptance of each draft position (needs matplotlib).
+        --pack/--nopack as for generate; `default` trees follow it."""
         from specref.checks import check_count
+        from specref.cpu import pack_by_default
         from specref.logits import SamplingParams
         from specref.tools.bench import GROUPS, bench
         from specref.tools.options import trees_at
@@ -306,9 +316,10 @@ class CLI:
         for t in temps:
             SamplingParams(temperature=t)
         dev = resolve_device(device)
+        pack = pack_by_default() if pack is None else pack
         tree_list = tuple(comma_list(trees))
         for t in temps:
-            trees_at(tree_list, dev.type, SamplingParams(t))
+            trees_at(tree_list, dev.type, SamplingParams(t), packed=pack)
         group_list = tuple(comma_list(groups))
         if not set(group_list) <= set(GROUPS):
             raise ValueError(f"--groups must be among {','.join(GROUPS)}, got {groups!r}")
@@ -326,19 +337,20 @@ class CLI:
               plot=plot)
 
     def calibrate(self, out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
-                  pack: bool = True, temperature: float = 0.0, seed: int = 0) -> None:
+                  pack: bool | None = None, temperature: float = 0.0, seed: int = 0) -> None:
         """Measure target and head costs by tree size, then EAGLE tokens/s at --temperature for a grid of
         dynamic trees on held-out prompts (at T > 0 also small static trees with sampled children); print the
-        fastest (the per-device defaults come from this). OUT: a JSON file."""
+        fastest (the per-device defaults come from this). OUT: a JSON file. --pack/--nopack as for generate."""
         from specref.checks import check_count, check_run
+        from specref.cpu import pack_by_default
         from specref.logits import SamplingParams
         from specref.tools.calibrate import calibrate
 
         check_count("prompts", prompts)
         check_run(max_new_tokens, seed)
         SamplingParams(temperature)  # refuses a negative or non-finite temperature before any model work
-        calibrate(out, prompts=prompts, max_new_tokens=max_new_tokens, device=str(resolve_device(device)), pack=pack,
-                  temperature=temperature, seed=seed)
+        calibrate(out, prompts=prompts, max_new_tokens=max_new_tokens, device=str(resolve_device(device)),
+                  pack=pack_by_default() if pack is None else pack, temperature=temperature, seed=seed)
 
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                     vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 10,

@@ -10,9 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from specref.logits import SamplingParams
-from specref.tree import DEFAULT_CHOICES, FORK_CHOICES, MEDUSA_CHOICES, SMALL_CHOICES, TreeSpec, device_tree
+from specref.tree import (
+    CHAIN1_CHOICES,
+    DEFAULT_CHOICES,
+    FORK_CHOICES,
+    MEDUSA_CHOICES,
+    SMALL_CHOICES,
+    TreeSpec,
+    device_tree,
+)
 
-NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES, "small": SMALL_CHOICES, "fork": FORK_CHOICES}
+NAMED_CHOICES = {"eagle": DEFAULT_CHOICES, "medusa": MEDUSA_CHOICES, "small": SMALL_CHOICES, "fork": FORK_CHOICES,
+                 "chain1": CHAIN1_CHOICES}
 
 
 def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
@@ -32,14 +41,14 @@ def read_choices(value: str | Sequence[Sequence[int]]) -> list[list[int]]:
 
 def tree_for(device_type: str, kind: str = "default", choices: str | Sequence[Sequence[int]] = "eagle",
              total_tokens: int | None = None, depth: int | None = None, top_k: int | None = None,
-             params: SamplingParams | None = None) -> TreeSpec:
+             params: SamplingParams | None = None, *, packed: bool = True) -> TreeSpec:
     """A tree spec from command-line values: kind default (the device's tree for `params`, or a dynamic one when
     any of its sizes is given), dynamic, static or sampled; the dynamic tree's unset sizes come from the
-    device's default."""
+    device's default (`packed` as in `device_tree`)."""
     sizes = (total_tokens, depth, top_k)
     if kind == "default" and all(v is None for v in sizes):
-        return device_tree(device_type, params)
-    base = device_tree(device_type)
+        return device_tree(device_type, params, packed=packed)
+    base = device_tree(device_type, packed=packed)
 
     def pick(value: int | None, default: int) -> int:
         return default if value is None else value
@@ -53,7 +62,8 @@ def tree_for(device_type: str, kind: str = "default", choices: str | Sequence[Se
                     pick(top_k, base.top_k), children)
 
 
-def parse_tree(text: str, device_type: str = "cpu", params: SamplingParams | None = None) -> TreeSpec:
+def parse_tree(text: str, device_type: str = "cpu", params: SamplingParams | None = None, *,
+               packed: bool = True) -> TreeSpec:
     """`default` (the device's tree for `params`), `dynamic` (the device's dynamic tree),
     `dynamic:TOTAL:DEPTH:TOP_K`, `static`, `static:CHOICES`, `sampled` or `sampled:CHOICES` (CHOICES a name or a
     JSON file), as the bench's --trees takes them."""
@@ -61,15 +71,15 @@ def parse_tree(text: str, device_type: str = "cpu", params: SamplingParams | Non
     if kind in ("static", "sampled"):
         return tree_for(device_type, kind, rest or "eagle")
     if text == "default":
-        return device_tree(device_type, params)
+        return device_tree(device_type, params, packed=packed)
     sizes = rest.split(":") if rest else []
     if kind != "dynamic" or len(sizes) not in (0, 3) or not all(v.isdigit() for v in sizes):
         raise ValueError(f"tree {text!r}: expected default, dynamic, dynamic:TOTAL:DEPTH:TOP_K, static[:CHOICES] or "
                          "sampled[:CHOICES]")
-    return tree_for(device_type, "dynamic", "eagle", *map(int, sizes))
+    return tree_for(device_type, "dynamic", "eagle", *map(int, sizes), packed=packed)
 
 
-def trees_at(texts: Sequence[str], device_type: str, params: SamplingParams) -> list[TreeSpec]:
+def trees_at(texts: Sequence[str], device_type: str, params: SamplingParams, *, packed: bool = True) -> list[TreeSpec]:
     """The bench's trees for one temperature: each of `texts` parsed (`default` is the device's tree for
     `params`), a tree that equals an earlier one dropped, and two different trees under one name refused."""
     def shape(tree: TreeSpec) -> tuple:  # what decides the rounds: a static tree's dynamic sizes do not
@@ -79,7 +89,7 @@ def trees_at(texts: Sequence[str], device_type: str, params: SamplingParams) -> 
 
     named: dict[str, TreeSpec] = {}
     for text in texts:
-        tree = parse_tree(text, device_type, params)
+        tree = parse_tree(text, device_type, params, packed=packed)
         if shape(named.setdefault(describe(tree), tree)) != shape(tree):
             raise ValueError(f"--trees: two different trees are both {describe(tree)!r}; give one of them only")
     return list(named.values())
