@@ -4,8 +4,8 @@ Decoding one sequence is a chain of matrix-vector products, so its speed is how 
 memory. On the 2-core AMD EPYC machine of the README's table, PyTorch's default fp32 CPU path reads weights
 at ~11 GB/s, while oneDNN on prepacked ("reordered") weights reaches ~20 GB/s, and its cost stays nearly flat
 from 1 to 8 rows: the rows a speculative verification adds are almost free. On the 2-thread Intel Xeon VM it is
-the other way round for few rows: PyTorch's default product (Intel MKL's) ran a one-token step in 45 ms
-against 58 ms packed, and 3 rows in 51 ms, though 4 rows jump to 71 ms (packed: 62). `packing_pays` encodes
+the other way round for few rows: PyTorch's default product (Intel MKL's) ran a one-token step in 44.7 ms
+against 58.5 ms packed, and 3 rows in 51.3 ms, though 4 rows jump to 71.2 ms (packed: 62.2). `packing_pays` encodes
 that as a fixed rule. The product is the same, only the summation order differs (relative differences ~1e-6).
 
 A 4-bit target (`quantize_int4`) reads an eighth of the bytes, but it is a different model: see `Int4Linear`.
@@ -59,6 +59,11 @@ def packing_pays(vendor: str, mkl: bool) -> bool:
 def pack_by_default() -> bool:
     """`packing_pays` for this machine: what `generate`, `bench` and `calibrate` do without --pack/--nopack."""
     return packing_pays(cpu_vendor(), torch.backends.mkl.is_available())
+
+
+def is_packed(model: nn.Module) -> bool:
+    """Whether `pack_linears` swapped `model`'s layers: the default trees depend on it (`tree.device_tree`)."""
+    return any(isinstance(m, PackedLinear) for m in model.modules())
 
 
 def pack_linears(model: nn.Module) -> int:

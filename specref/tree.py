@@ -211,10 +211,11 @@ FORK_CHOICES: list[list[int]] = [[0], [1], [0, 0], [1, 0], [0, 0, 0]]
 SAMPLING_TREES = {"cpu": TreeSpec("static", FORK_CHOICES, children="sampled")}
 # A CPU target whose products are not packed (`cpu.packing_pays` says where PyTorch's default product is faster)
 # pays for every row it verifies past the third: on the 2-thread Xeon a forward took 1.09 one-token steps for 2
-# rows, 1.15 for 3 and 1.59 for 4. Its trees are therefore tiny. In interleaved runs there (4 held-out prompts x
-# 128 tokens), at T = 0 the dynamic tree of 2 drafted nodes ran 1.12x its AR (tau 1.60; a chain of 2 and two
-# root children tied, one child 1.09x, the 6/3/4 tree 0.83x), and at T = 1 one sampled child ran 1.11x (tau
-# 1.41; a sampled chain of 2 1.08x, tau 1.57; the 5-node fork 0.79x).
+# rows, 1.15 for 3 and 1.59 for 4. Its trees are therefore tiny: in the bench there
+# (`benchmarks/results/cpu-product-xeon-default.json`) the dynamic tree of 2 drafted nodes ran 1.07x its AR at
+# T = 0 (tau 1.60) and one sampled child 1.19x at T = 1 (tau 1.43), where the 6/3/4 tree ran 0.84x and 0.69x.
+# (Exploratory runs, not stored, put a chain of 2 and two root children level with the 2-node dynamic tree at
+# T = 0, and a sampled chain of 2 a little behind one child at T = 1.)
 CHAIN1_CHOICES: list[list[int]] = [[0]]
 DENSE_CPU_TREES = {"greedy": TreeSpec(total_tokens=3, depth=2, top_k=2),
                    "sampling": TreeSpec("static", CHAIN1_CHOICES, children="sampled")}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from specref import SamplingParams, generate_ar, generate_sps, load_model, load_tokenizer
-from specref.cpu import pack_linears
+from specref.cpu import is_packed, pack_linears
 from specref.eagle_decode import generate as generate_eagle
 from specref.formats import default_model as dm
 from specref.formats.eagle import load_head
@@ -120,6 +120,7 @@ def test_packed_linears_give_the_same_greedy_text(target, target_dir):
     dense = generate_ar(target, ids, max_new_tokens=24, params=SamplingParams(0.0)).token_ids
     packed = load_model(target_dir)
     assert pack_linears(packed) == 4 * 30 + 1
+    assert is_packed(packed) and not is_packed(target)  # what the default trees follow (`tree.device_tree`)
     assert generate_ar(packed, ids, max_new_tokens=24, params=SamplingParams(0.0)).token_ids == dense
 
 

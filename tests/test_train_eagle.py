@@ -42,7 +42,23 @@ def test_train_eagle_saves_a_head_that_decodes_and_resumes(tmp_path, checkpoints
     assert again["final_loss"] == result["final_loss"]  # resumed at the last step: the losses were kept
     b = load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(weights[k], b[k]) for k in weights)
-    with pytest.raises(ValueError, match="other settings"):
-        train_eagle(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
-                    **{**SMALL, "unroll": 1})
+    for other in ({"unroll": 1}, {"weight_decay": 0.1}):
+        with pytest.raises(ValueError, match="other settings"):
+            train_eagle(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
+                        **{**SMALL, **other})
     assert not (tmp_path / "c").exists()
+
+
+def test_weight_decay_shrinks_matrices_only(tmp_path, checkpoints):  # noqa: F811
+    # the warm-up keeps the learning rate ~1e-4 over SMALL's few steps, so only a large decay shows in them
+    heads = {}
+    for wd in (0.0, 1000.0):
+        out = tmp_path / f"wd{wd:g}"
+        train_eagle(str(out), target=str(checkpoints[0]), work_dir=str(tmp_path / f"work{wd:g}"), kind="eagle3",
+                    weight_decay=wd, **SMALL)
+        heads[wd] = load_file(out / "model.safetensors")
+        assert json.loads((out / "training.json").read_text())["weight_decay"] == wd
+    plain, decayed = heads[0.0], heads[1000.0]
+    assert decayed["fc.weight"].float().norm() < 0.9 * plain["fc.weight"].float().norm()
+    norm = next(k for k in plain if k.endswith("norm.weight"))
+    assert torch.allclose(decayed[norm].float(), plain[norm].float(), rtol=0.01)

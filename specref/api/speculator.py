@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from specref import eagle_decode
+from specref.cpu import is_packed
 from specref.eagle import EagleHead, HeadConfig
 from specref.formats.default_model import DEFAULT_TARGET, default_target_dir
 from specref.formats.eagle import check_head_dir, head_from, place_head, read_head_dir
@@ -262,7 +263,7 @@ class Speculator:
                              f"{longest} tokens")
         target = self.load_verifier(verifier)
         params = SamplingParams(temperature, top_k=top_k, top_p=top_p) if do_sample else SamplingParams(0.0)
-        spec = tree or device_tree(target.device.type, params)
+        spec = tree or device_tree(target.device.type, params, packed=is_packed(target))
         eos = list(target.config.eos_token_id)
         out = eagle_decode.generate_batch(target, self.head_for(target), prompts, tree=spec,
                                           max_new_tokens=max_new_tokens, params=params, seed=seed,

@@ -32,7 +32,7 @@ def specref_sampler(mode: str, target: Llama, length: int, params: SamplingParam
         raise ValueError(f"mode must be one of {', '.join(SPECREF_MODES)}, got {mode!r}")
     if (mode == "sps" and draft is None) or (mode == "eagle" and head is None):
         raise ValueError(f"mode {mode} needs a {'draft' if mode == 'sps' else 'head'}")
-    spec = tree or device_tree(target.device.type, params)
+    spec = tree or device_tree(target.device.type, params)  # the packed CPU's: its fork draws siblings
 
     def sample(prompt_ids: Sequence[int], n: int, seed: int) -> list[list[int]]:
         kw: dict[str, Any] = {"max_new_tokens": length, "params": params, "seed": seed, "num_samples": n}

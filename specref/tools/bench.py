@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode, sps
-from specref.cpu import pack_linears, quantize_int4
+from specref.cpu import pack_by_default, pack_linears, quantize_int4
 from specref.formats.default_model import (
     default_draft_dir,
     default_head_dir,
@@ -83,16 +83,18 @@ POOLED = ("tokens", "accepted", "tried", "rounds", "nodes")  # counts summed ove
 
 def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
           gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: tuple[float, ...] = (0.0, 1.0),
-          device: str = "cpu", pack: bool = True, seed: int = 0,
+          device: str = "cpu", pack: bool | None = None, seed: int = 0,
           trees: tuple[str, ...] = ("default", "dynamic", "static"),
           groups: tuple[str, ...] = GROUPS[:3], plot: str | None = None) -> dict[str, Any]:
     """Time the rows of `groups` (of GROUPS; default sps, assisted, eagle) beside the baselines HF AR and
-    specref AR; with `plot`, draw them there (`tools/plots.py::speculation_figure`)."""
+    specref AR; with `plot`, draw them there (`tools/plots.py::speculation_figure`). `pack` None: the CPU's rule
+    (`cpu.pack_by_default`)."""
     from transformers import LlamaForCausalLM
 
     if plot is not None:
         check_plot_path(plot)  # before an hour of measuring, not after
     dev = torch.device(device)
+    pack = pack_by_default() if pack is None else pack
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target_dir, draft_dir = default_target_dir(), default_draft_dir()

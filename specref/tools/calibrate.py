@@ -4,7 +4,8 @@ A round of EAGLE decoding costs about  depth * head(top_k) + target(total_tokens
 tokens, so the best tree trades acceptance (tau grows with the tree) against the cost of scoring it. On a GPU
 target(n) is flat up to tens of tokens; on a CPU it grows with n, and every expansion level runs the head's
 output layer over top_k rows. This measures the cost curves, then tokens/s and tau for a grid of dynamic trees
-(total_tokens, depth, top_k) on held-out prompts, and prints the best setting (for `specref/tree.py::DEVICE_TREES`).
+(total_tokens, depth, top_k) on held-out prompts, and prints the best setting (for `specref/tree.py::DEVICE_TREES`,
+or `DENSE_CPU_TREES` with unpacked products).
 At T > 0 the grid also holds small static trees whose children are sampled from the head's law
 (`SAMPLED_GRID`, for `specref/tree.py::SAMPLING_TREES`): their children are accepted with probability
 sum min(p, q) instead of p(x), which pays when the laws are flat.
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode
-from specref.cpu import pack_linears
+from specref.cpu import pack_by_default, pack_linears
 from specref.eagle import EagleHead
 from specref.formats.default_model import default_head_dir, default_target_dir
 from specref.formats.eagle import load_head
@@ -77,8 +78,9 @@ def head_step_time(head: EagleHead, device: torch.device, tokens: int) -> float:
 
 
 def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
-              pack: bool = True, temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
+              pack: bool | None = None, temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
     dev, params = torch.device(device), SamplingParams(temperature)
+    pack = pack_by_default() if pack is None else pack  # None: the CPU's rule
     target_dir = default_target_dir()
     tok = load_tokenizer(target_dir)
     inputs = [encode(tok, t) for t in load_prompts("heldout")[-prompts:]]  # not the prompts the bench reports
@@ -138,8 +140,8 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
         f"TreeSpec(total_tokens={best['total_tokens']}, depth={best['depth']}, top_k={best['top_k']})"
         if "choices" not in best else f"TreeSpec('static', {best['choices']}, children='sampled')"))
     result = {"device": dev.type, "temperature": temperature, "seed": seed, "ar_tokens_per_s": ar, "ar_runs": ar_runs,
-              "target_forward_ms": target_ms, "head_step_ms": head_ms, "packing_ms": packing, "prompts": prompts,
-              "max_new_tokens": max_new_tokens, "rows": rows}
+              "target_forward_ms": target_ms, "head_step_ms": head_ms, "packing_ms": packing, "packed": pack,
+              "prompts": prompts, "max_new_tokens": max_new_tokens, "rows": rows}
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -133,23 +133,21 @@ class CLI:
 
         Without --target the embedded default pair runs: SmolLM2-135M-Instruct and its shipped draft.
         --method ar|sps|eagle; --gamma: drafts per round (default 3; 1 with PyTorch's default CPU products, see
-        --pack, where verifying 4 rows costs ~1.6 one-token steps and 2 rows ~1.1; measured fastest on the Intel
-        Xeon); --temperature 0 is greedy; --top-k 0 and --top-p 1
-        disable the filters; --num-samples N draws N independent continuations; --output text|json; --raw skips
-        the chat template; --greedy-draft: the draft proposes its argmax (verified with a one-hot q: lossless);
-        --pack/--nopack: oneDNN's packed CPU matrix products or PyTorch's default ones (default: packed, except
-        on Intel CPUs, where PyTorch's default product, Intel MKL's, is faster for 1-3 rows); --quantize int4
-        stores the target's and the draft's layers as 4-bit weights (CPU, float32; a different target, whose law
-        every method then samples exactly: see the README).
+        --pack, where verifying 4 rows costs ~1.6 one-token steps and 2 rows ~1.1: fastest on the Intel Xeon
+        measured); --temperature 0 is greedy; --top-k 0 and --top-p 1 disable the filters; --num-samples N draws
+        N independent continuations; --output text|json; --raw skips the chat template; --greedy-draft: the draft
+        proposes its argmax (verified with a one-hot q: lossless); --pack/--nopack: oneDNN's packed CPU matrix
+        products or PyTorch's default ones (default: packed, except on Intel CPUs with MKL, whose default product
+        is faster for 1-3 rows); --quantize int4 stores the target's and the draft's layers as 4-bit weights (CPU,
+        float32; a different target, whose law every method then samples exactly: see the README).
         EAGLE: --eagle DIR (an EAGLE-1/2, HASS or EAGLE-3 head; default: the shipped head of the default target),
         --tree default|dynamic|static|sampled; static trees: --choices eagle (EAGLE's default, 25 paths) |
         medusa (Medusa's 63 nodes) | small (7 nodes) | fork (5 nodes) | chain1 (1 node) | a JSON file of paths;
-        sampled: a static tree whose children are drawn from the head's law at T > 0 (top-ranked at T = 0); dynamic
-        trees (EAGLE-2):
-        --total-tokens, --depth, --tree-top-k (defaults per device: `python -m specref calibrate` measures them).
-        default: the device's dynamic tree at T = 0 and, on a CPU, the sampled fork at T > 0; with PyTorch's
-        default products (--nopack, or an Intel CPU), a 2-node dynamic tree at T = 0 and one sampled child at
-        T > 0 (a dynamic tree when --total-tokens, --depth or --tree-top-k is given).
+        sampled: a static tree whose children are drawn from the head's law at T > 0 (top-ranked at T = 0);
+        dynamic trees (EAGLE-2): --total-tokens, --depth, --tree-top-k (defaults per device: `python -m specref
+        calibrate` measures them). default: the device's dynamic tree at T = 0 and, on a CPU, the sampled fork at
+        T > 0; with PyTorch's default CPU products (--nopack, or an Intel CPU with MKL), a 2-node dynamic tree at
+        T = 0 and one sampled child at T > 0 (a dynamic tree when --total-tokens, --depth or --tree-top-k is given).
         Pictures: --show-rounds prints each round of the first sample in colour (accepted drafts green, the
         rejected one red, the correction yellow or the bonus blue); --show-tree OUT.svg (EAGLE) draws the first
         round's tree with the target's probabilities on its edges and the accepted path highlighted.
@@ -383,25 +381,28 @@ class CLI:
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 1200,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
-                    val_prompts: int | None = None) -> None:
+                    val_prompts: int | None = None, weight_decay: float = 0.0) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
         --train-prompts to reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32).
         --val-prompts N: as for train-draft, a validation loss after every epoch on the answers to the last N
         training prompts (default: a twentieth of them, 60 of the default --train-prompts 1200).
+        --weight-decay W: AdamW's decoupled weight decay on the head's matrices (default 0, as the shipped head).
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle
 
         tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # evaluated on the CPU
+        if not (isinstance(weight_decay, int | float) and 0 <= weight_decay < float("inf")):
+            raise ValueError(f"--weight-decay must be >= 0 and finite, got {weight_decay!r}")
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, unroll=unroll, seed=seed,
                        train_prompts=train_prompts, lr=lr, val_prompts=val_prompts)
         result = train_eagle(out, target=target, work_dir=work_dir, kind=kind, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
-                             tree=tree_spec, bf16=bf16, val_prompts=val_prompts)
+                             tree=tree_spec, bf16=bf16, val_prompts=val_prompts, weight_decay=weight_decay)
         print(json.dumps(result, indent=2))
 
 

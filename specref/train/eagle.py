@@ -83,7 +83,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 14, lr: float = 2e-3,
                 batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
                 train_prompts: int | None = 1200, eval_prompts: int = 60, eval_new_tokens: int = 128,
-                tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None) -> dict[str, Any]:
+                tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None,
+                weight_decay: float = 0.0) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
@@ -136,9 +137,9 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 **({"val_prompts": val_prompts} if val_prompts else {})}
     losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
-                                    desc="head learns", bf16=bf16, val=val)
+                                    desc="head learns", bf16=bf16, val=val, weight_decay=weight_decay)
 
-    tree = tree or device_tree("cpu")  # the CLI's default too: the head is evaluated on the CPU
+    tree = tree or device_tree("cpu")  # the packed CPU's tree (6/3/4), as every shipped head was evaluated
     print(f"evaluating on held-out prompts (greedy EAGLE, {tree.kind} tree)", file=sys.stderr)
     head.eval()
     gen = eagle_decode.generate_batch(dense, head, run["heldout"], tree=tree, max_new_tokens=eval_new_tokens,
@@ -150,7 +151,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
               "train_sequences": len(data), "steps": steps, "epochs": epochs, "lr": lr,
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16, "samples_per_prompt": samples,
-              "val_prompts": val_prompts, "val_loss_per_epoch": val_losses}
+              "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "weight_decay": weight_decay}
     save_head(head, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
