@@ -340,15 +340,14 @@ class CLI:
         dynamic trees on held-out prompts (at T > 0 also small static trees with sampled children); print the
         fastest (the per-device defaults come from this). OUT: a JSON file. --pack/--nopack as for generate."""
         from specref.checks import check_count, check_run
-        from specref.cpu import pack_by_default
         from specref.logits import SamplingParams
         from specref.tools.calibrate import calibrate
 
         check_count("prompts", prompts)
         check_run(max_new_tokens, seed)
         SamplingParams(temperature)  # refuses a negative or non-finite temperature before any model work
-        calibrate(out, prompts=prompts, max_new_tokens=max_new_tokens, device=str(resolve_device(device)),
-                  pack=pack_by_default() if pack is None else pack, temperature=temperature, seed=seed)
+        calibrate(out, prompts=prompts, max_new_tokens=max_new_tokens, device=str(resolve_device(device)), pack=pack,
+                  temperature=temperature, seed=seed)
 
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                     vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 10,
