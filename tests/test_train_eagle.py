@@ -40,6 +40,9 @@ def test_train_eagle_saves_a_head_that_decodes_and_resumes(tmp_path, checkpoints
     again = train_eagle(str(tmp_path / "b"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
                         **SMALL)
     assert again["final_loss"] == result["final_loss"]  # resumed at the last step: the losses were kept
+    # states written before --weight-decay existed hold one optimizer group; runs without decay must still load them
+    state = torch.load(tmp_path / "work" / f"train_state_{kind}.pt", weights_only=True)
+    assert len(state["opt"]["param_groups"]) == 1
     b = load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(weights[k], b[k]) for k in weights)
     for other in ({"unroll": 1}, {"weight_decay": 0.1}):

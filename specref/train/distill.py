@@ -214,8 +214,10 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     settings = {**settings, "bf16": True} if bf16 else settings  # fp32 runs resume as they always did
     settings = {**settings, "weight_decay": weight_decay} if weight_decay else settings  # likewise
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+    # one parameter group without decay, as before the option: a saved optimizer state must match its groups
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}] if weight_decay else params
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     flat = [g for _ in range(epochs) for g in batches(data, batch_tokens, rng)]
     per_epoch = len(flat) // epochs  # `batches` makes the same number of groups every pass
