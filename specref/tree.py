@@ -199,38 +199,36 @@ class TreeSpec:
 # Default dynamic trees per device type. CPU: measured by `python -m specref calibrate` on the 2-core CI
 # machine with oneDNN-packed weights (every verified node and head step costs real time there). CUDA: EAGLE-2's
 # published setting (60 nodes are nearly free on a GPU), not yet measured by specref; run `calibrate --device cuda`.
-DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
-                "cuda": TreeSpec(total_tokens=60, depth=5, top_k=10)}
-# Two sampled children at the root, a chain of two below the first and one below the second: as many nodes (5)
-# as the CPU's dynamic tree verifies, and two head steps instead of three.
-FORK_CHOICES: list[list[int]] = [[0], [1], [0, 0], [1, 0], [0, 0, 0]]
-# Default trees at T > 0 where one was measured faster than the dynamic tree (an interleaved `bench
-# --temperatures 1`, no top-k/top-p). A sampled child is accepted with probability sum min(p, q), a top-ranked
-# one with p(x) only: on the CPU at T = 1 the 5-node fork reached tau 1.68 and 1.16x AR where the dynamic 6/3/4
-# tree reached 1.41 and 1.04x (README, "Speed levers"). Devices without a measured tree take the CPU's.
-SAMPLING_TREES = {"cpu": TreeSpec("static", FORK_CHOICES, children="sampled")}
-# A CPU target whose products are not packed (`cpu.packing_pays` says where PyTorch's default product is faster)
-# pays for every row it verifies past the third: on the 2-thread Xeon a forward took 1.09 one-token steps for 2
-# rows, 1.15 for 3 and 1.59 for 4. Its trees are therefore tiny: in the bench there
+# "cpu-unpacked": a CPU target whose products are not packed (`cpu.packing_pays` says where PyTorch's default
+# product is faster) pays for every row it verifies past the third: on the 2-thread Xeon a forward took 1.09
+# one-token steps for 2 rows, 1.15 for 3 and 1.59 for 4. Its trees are therefore tiny: in the bench there
 # (`benchmarks/results/cpu-product-xeon-default.json`) the dynamic tree of 2 drafted nodes ran 1.07x its AR at
 # T = 0 (tau 1.60) and one sampled child 1.19x at T = 1 (tau 1.43), where the 6/3/4 tree ran 0.84x and 0.69x.
 # (Exploratory runs, not stored, put a chain of 2 and two root children level with the 2-node dynamic tree at
 # T = 0, and a sampled chain of 2 a little behind one child at T = 1.)
+DEVICE_TREES = {"cpu": TreeSpec(total_tokens=6, depth=3, top_k=4),
+                "cpu-unpacked": TreeSpec(total_tokens=3, depth=2, top_k=2),
+                "cuda": TreeSpec(total_tokens=60, depth=5, top_k=10)}
+# Two sampled children at the root, a chain of two below the first and one below the second: as many nodes (5)
+# as the CPU's dynamic tree verifies, and two head steps instead of three.
+FORK_CHOICES: list[list[int]] = [[0], [1], [0, 0], [1, 0], [0, 0, 0]]
 CHAIN1_CHOICES: list[list[int]] = [[0]]
-DENSE_CPU_TREES = {"greedy": TreeSpec(total_tokens=3, depth=2, top_k=2),
-                   "sampling": TreeSpec("static", CHAIN1_CHOICES, children="sampled")}
+# Default trees at T > 0 where one was measured faster than the dynamic tree (an interleaved `bench
+# --temperatures 1`, no top-k/top-p). A sampled child is accepted with probability sum min(p, q), a top-ranked
+# one with p(x) only: on the CPU at T = 1 the 5-node fork reached tau 1.68 and 1.16x AR where the dynamic 6/3/4
+# tree reached 1.41 and 1.04x (README, "Speed levers"). Devices without a measured tree take the CPU's.
+SAMPLING_TREES = {"cpu": TreeSpec("static", FORK_CHOICES, children="sampled"),
+                  "cpu-unpacked": TreeSpec("static", CHAIN1_CHOICES, children="sampled")}
 
 
 def device_tree(device_type: str, params: SamplingParams | None = None, *, packed: bool = True) -> TreeSpec:
     """The default tree of a device type for decoding with `params` (default greedy): its sampled tree at T > 0
     where one was measured, else its dynamic tree; types without measured trees get the CPU's. `packed`: whether
     a CPU target's products are oneDNN-packed (`cpu.pack_linears`), whose cost stays flat to 8 rows; without,
-    the CPU's trees are the small `DENSE_CPU_TREES`."""
-    measured = device_type if device_type in DEVICE_TREES else "cpu"
-    sampling = params is not None and not params.greedy
-    if device_type == "cpu" and not packed:
-        return DENSE_CPU_TREES["sampling" if sampling else "greedy"]
-    if sampling and measured in SAMPLING_TREES:
+    the CPU's trees are the small "cpu-unpacked" ones."""
+    kind = "cpu-unpacked" if device_type == "cpu" and not packed else device_type
+    measured = kind if kind in DEVICE_TREES else "cpu"
+    if params is not None and not params.greedy and measured in SAMPLING_TREES:
         return SAMPLING_TREES[measured]
     return DEVICE_TREES[measured]
 

@@ -272,7 +272,7 @@ def test_eagle_from_the_command_line(checkpoints, heads, kind, tree):
 
 
 def test_default_tree_follows_the_cpu_product(checkpoints, heads):
-    # packed products cost about one step up to 8 rows, PyTorch's default ones grow past 3 (`tree.DENSE_CPU_TREES`)
+    # packed products cost about one step up to 8 rows, PyTorch's default ones grow past 3 (`tree.DEVICE_TREES`)
     target, _ = checkpoints
     for flag, size in (("--pack", 5), ("--nopack", 2)):
         res = run_cli("--target", str(target), "--prompt-ids", "3,4,5", "--max-new-tokens", "8", "--output", "json",

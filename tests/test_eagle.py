@@ -180,7 +180,6 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
     from specref.tree import (
         CHAIN1_CHOICES,
         DEFAULT_CHOICES,
-        DENSE_CPU_TREES,
         DEVICE_TREES,
         FORK_CHOICES,
         MEDUSA_CHOICES,
@@ -201,12 +200,12 @@ def test_shipped_choice_lists_and_tree_specs(tmp_path):
     assert tree_for("cpu", params=sampling, depth=5) == TreeSpec(total_tokens=6, depth=5, top_k=4)  # sizes: dynamic
     # a CPU target with PyTorch's default products (not packed) verifies 2 drafted nodes; other devices ignore it
     dense = TreeSpec(total_tokens=3, depth=2, top_k=2)
-    assert parse_tree("default", "cpu", greedy, packed=False) == DENSE_CPU_TREES["greedy"] == dense
+    assert parse_tree("default", "cpu", greedy, packed=False) == DEVICE_TREES["cpu-unpacked"] == dense
     assert parse_tree("default", "cpu", sampling, packed=False) == TreeSpec("static", CHAIN1_CHOICES,
                                                                              children="sampled")
     assert parse_tree("default", "cuda", greedy, packed=False) == DEVICE_TREES["cuda"]
     assert tree_for("cpu", depth=3, packed=False) == TreeSpec(total_tokens=3, depth=3, top_k=2)
-    assert trees_at(["default", "dynamic"], "cpu", greedy, packed=False) == [DENSE_CPU_TREES["greedy"]]
+    assert trees_at(["default", "dynamic"], "cpu", greedy, packed=False) == [dense]
     # the bench's trees per temperature: `default` resolved, each tree once, two trees under one name refused
     assert trees_at(["default", "dynamic", "static"], "cpu", greedy) == [DEVICE_TREES["cpu"], parse_tree("static")]
     assert trees_at(["default", "dynamic", "sampled:fork"], "cpu", sampling) == [device_tree("cpu", sampling),

@@ -5,7 +5,7 @@ tokens, so the best tree trades acceptance (tau grows with the tree) against the
 target(n) is flat up to tens of tokens; on a CPU it grows with n, and every expansion level runs the head's
 output layer over top_k rows. This measures the cost curves, then tokens/s and tau for a grid of dynamic trees
 (total_tokens, depth, top_k) on held-out prompts, and prints the best setting (for `specref/tree.py::DEVICE_TREES`,
-or `DENSE_CPU_TREES` with unpacked products).
+whose "cpu-unpacked" entry serves unpacked products).
 At T > 0 the grid also holds small static trees whose children are sampled from the head's law
 (`SAMPLED_GRID`, for `specref/tree.py::SAMPLING_TREES`): their children are accepted with probability
 sum min(p, q) instead of p(x), which pays when the laws are flat.
@@ -36,7 +36,7 @@ from specref.tree import FORK_CHOICES, SMALL_CHOICES, TreeSpec
 
 GRID = {"total_tokens": (6, 10, 16, 24, 32), "depth": (3, 4, 6), "top_k": (2, 4, 8)}
 # Trees of 2-3 drafted nodes, for targets whose forward cost grows past 3 rows (PyTorch's default CPU product:
-# `specref/tree.py::DENSE_CPU_TREES`); no deeper than they have nodes.
+# `specref/tree.py::DEVICE_TREES`'s "cpu-unpacked"); no deeper than they have nodes.
 SMALL_GRID = {"total_tokens": (3, 4), "depth": (2, 3), "top_k": (2, 4)}
 AR_EVERY = 4  # trees between two AR runs (see `calibrate`)
 # Static trees with sampled children, tried at T > 0: chains, and chains with a second (and third) draw at the
