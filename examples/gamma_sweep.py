@@ -11,7 +11,7 @@ import os
 import torch
 
 from specref import SamplingParams, generate_ar, generate_sps, load_model, load_tokenizer
-from specref.cpu import pack_by_default, pack_linears
+from specref.cpu import pack_linears, should_pack
 from specref.formats.default_model import default_draft_dir, default_target_dir
 from specref.formats.hf import load_draft
 from specref.formats.prompts import encode
@@ -25,7 +25,7 @@ tokens, gammas = (24, (1, 2, 3)) if quick else (48, (1, 2, 3, 4, 5))
 target = load_model(default_target_dir())
 draft = load_draft(default_draft_dir(), target)
 for model in (target, draft):
-    if pack_by_default():  # oneDNN-packed fp32 weights where they are faster, as `generate` and `bench` decide
+    if should_pack():  # oneDNN-packed fp32 weights where they are faster, as `generate` and `bench` decide
         pack_linears(model)
 tokenizer = load_tokenizer(default_target_dir())
 prompt = encode(tokenizer, "Explain in a few sentences why the sky is blue.")

@@ -56,9 +56,10 @@ def packing_pays(vendor: str, mkl: bool) -> bool:
     return not (mkl and vendor == "GenuineIntel")
 
 
-def pack_by_default() -> bool:
-    """`packing_pays` for this machine: what `generate`, `bench` and `calibrate` do without --pack/--nopack."""
-    return packing_pays(cpu_vendor(), torch.backends.mkl.is_available())
+def should_pack(choice: bool | None = None) -> bool:
+    """Whether to pack: `choice` (--pack/--nopack) when given, else `packing_pays` for this machine, as
+    `generate`, `bench` and `calibrate` decide."""
+    return packing_pays(cpu_vendor(), torch.backends.mkl.is_available()) if choice is None else choice
 
 
 def is_packed(model: nn.Module) -> bool:

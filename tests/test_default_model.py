@@ -127,12 +127,13 @@ def test_packed_linears_give_the_same_greedy_text(target, target_dir):
 def test_packing_follows_a_fixed_rule_by_cpu_vendor():
     """PyTorch's default product is MKL's, which is faster than oneDNN-packed weights at 1-3 rows on Intel CPUs
     and half as fast on the AMD EPYC measured (`cpu.py`); without MKL there is no such default to prefer."""
-    from specref.cpu import cpu_vendor, pack_by_default, packing_pays
+    from specref.cpu import cpu_vendor, packing_pays, should_pack
 
     assert not packing_pays("GenuineIntel", mkl=True)
     assert packing_pays("AuthenticAMD", mkl=True) and packing_pays("GenuineIntel", mkl=False)
+    assert should_pack(True) and not should_pack(False)  # --pack / --nopack win over the rule
     if Path("/proc/cpuinfo").exists():
-        assert pack_by_default() == (cpu_vendor() != "GenuineIntel" or not torch.backends.mkl.is_available())
+        assert should_pack() == (cpu_vendor() != "GenuineIntel" or not torch.backends.mkl.is_available())
         assert cpu_vendor() in Path("/proc/cpuinfo").read_text()
 
 

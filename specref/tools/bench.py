@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode, sps
-from specref.cpu import pack_by_default, pack_linears, quantize_int4
+from specref.cpu import pack_linears, quantize_int4, should_pack
 from specref.formats.default_model import (
     default_draft_dir,
     default_head_dir,
@@ -88,13 +88,13 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
           groups: tuple[str, ...] = GROUPS[:3], plot: str | None = None) -> dict[str, Any]:
     """Time the rows of `groups` (of GROUPS; default sps, assisted, eagle) beside the baselines HF AR and
     specref AR; with `plot`, draw them there (`tools/plots.py::speculation_figure`). `pack` None: the CPU's rule
-    (`cpu.pack_by_default`)."""
+    (`cpu.should_pack`)."""
     from transformers import LlamaForCausalLM
 
     if plot is not None:
         check_plot_path(plot)  # before an hour of measuring, not after
     dev = torch.device(device)
-    pack = pack_by_default() if pack is None else pack
+    pack = should_pack(pack)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target_dir, draft_dir = default_target_dir(), default_draft_dir()

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode
-from specref.cpu import pack_by_default, pack_linears
+from specref.cpu import pack_linears, should_pack
 from specref.eagle import EagleHead
 from specref.formats.default_model import default_head_dir, default_target_dir
 from specref.formats.eagle import load_head
@@ -80,7 +80,7 @@ def head_step_time(head: EagleHead, device: torch.device, tokens: int) -> float:
 def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
               pack: bool | None = None, temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
     dev, params = torch.device(device), SamplingParams(temperature)
-    pack = pack_by_default() if pack is None else pack  # None: the CPU's rule
+    pack = should_pack(pack)
     target_dir = default_target_dir()
     tok = load_tokenizer(target_dir)
     inputs = [encode(tok, t) for t in load_prompts("heldout")[-prompts:]]  # not the prompts the bench reports

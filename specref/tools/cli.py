@@ -156,7 +156,7 @@ class CLI:
 
         from specref import autoregressive, eagle_decode, sps
         from specref.checks import check_count, check_pair, check_request, check_run
-        from specref.cpu import int4_layers, pack_by_default, pack_linears, quantize_int4
+        from specref.cpu import int4_layers, pack_linears, quantize_int4, should_pack
         from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
         from specref.formats.eagle import place_head, read_head
         from specref.formats.files import check_output_file
@@ -171,7 +171,7 @@ class CLI:
         # Every argument is checked before any weights are read.
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
         dev = resolve_device(device)
-        pack = pack_by_default() if pack is None else pack
+        pack = should_pack(pack)
         tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k, params, packed=pack)
         if gamma is None:  # as the trees: rows past the third cost real time with unpacked CPU products
             gamma = 1 if dev.type == "cpu" and not pack else 3
@@ -299,7 +299,7 @@ class CLI:
         (measured and predicted from α and c) and the acceptance of each draft position (needs matplotlib).
         --pack/--nopack as for generate; `default` trees follow it."""
         from specref.checks import check_count
-        from specref.cpu import pack_by_default
+        from specref.cpu import should_pack
         from specref.logits import SamplingParams
         from specref.tools.bench import GROUPS, bench
         from specref.tools.options import trees_at
@@ -314,7 +314,7 @@ class CLI:
         for t in temps:
             SamplingParams(temperature=t)
         dev = resolve_device(device)
-        pack = pack_by_default() if pack is None else pack
+        pack = should_pack(pack)
         tree_list = tuple(comma_list(trees))
         for t in temps:
             trees_at(tree_list, dev.type, SamplingParams(t), packed=pack)
