@@ -12,7 +12,7 @@ from conftest import tiny_config
 
 from specref import SamplingParams, generate_ar, generate_sps, load_model, load_tokenizer, random_model, save_model
 from specref.formats.hf import read_config
-from specref.tools.cli import CLI
+from specref.tools.cli import CLI, METHODS, choose_method
 
 WORDS = ["<unk>", "<s>", "</s>", "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "and", "then"]
 
@@ -117,6 +117,42 @@ BAD = [
     ({"quantize": "int4", "dtype": "float64"}, "--quantize int4 needs --device cpu and --dtype float32"),
     ({"quantize": "int4"}, "qkv_proj maps 16 -> 32"),  # the draft's width is no whole group of 32
 ]
+
+
+DRAFTER = [  # (draft given, eagle given, method) -> the method run, or the error
+    ({"method": None}, "needs a drafter"),  # a --target checkpoint alone: nothing to speculate with
+    ({"method": None, "draft": True}, "sps"),
+    ({"method": None, "eagle": True}, "eagle"),
+    ({"method": "ar"}, "ar"),
+    ({"method": None, "draft": True, "eagle": True}, "not both"),
+    ({"method": "eagle", "draft": True}, "--draft is the drafter of --method sps, not of --method eagle"),
+    ({"method": "ar", "eagle": True}, "--eagle is the drafter of --method eagle, not of --method ar"),
+    ({"method": "sps"}, "--method sps needs --draft"),
+    ({"method": None, "eagle": True, "gamma": 2}, "--gamma and --greedy-draft set SpS's draft"),
+    ({"method": "ar", "greedy_draft": True}, "--gamma and --greedy-draft set SpS's draft"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "outcome"), DRAFTER)
+def test_the_method_follows_the_drafter_given(checkpoints, heads, monkeypatch, kwargs, outcome):
+    """Without --method, --draft means SpS and --eagle EAGLE; a drafter the method would not use is an error,
+    not silently ignored (the default method changed from SpS to EAGLE: --gamma alone must not mean EAGLE)."""
+    target, draft = checkpoints
+    ran = []
+    monkeypatch.setattr("specref.formats.hf.read_weights", lambda *_: (ran.append(1), pytest.fail("stop"))[1])
+    args = {**kwargs, "draft": str(draft) if kwargs.get("draft") else None,
+            "eagle": str(heads / "eagle3") if kwargs.get("eagle") else None}
+    if outcome in METHODS:
+        with pytest.raises(pytest.fail.Exception):
+            CLI().generate(target=str(target), prompt_ids="3,4", max_new_tokens=4, **args)
+        assert ran  # every check passed: the weights were about to be read
+        assert choose_method(kwargs["method"], args["draft"], args["eagle"], default_pair=False) == outcome
+    else:
+        with pytest.raises(ValueError, match=outcome):
+            CLI().generate(target=str(target), prompt_ids="3,4", max_new_tokens=4, **args)
+    # The default pair needs no drafter: it ships both, and EAGLE is its default.
+    assert choose_method(None, None, None, default_pair=True) == "eagle"
+    assert choose_method("sps", None, None, default_pair=True) == "sps"
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), BAD)

@@ -118,12 +118,34 @@ def check_int4_run(flag: str, device: Any, dtype: str) -> None:
     check_int4_kernel()
 
 
+def choose_method(method: str | None, draft: str | None, eagle: str | None, default_pair: bool) -> str:
+    """--method, or the one the given drafter implies: a strict CLI never ignores a --draft or an --eagle."""
+    if method is not None and method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if draft is not None and eagle is not None:
+        raise ValueError("give --draft (SpS) or --eagle (EAGLE), not both")
+    if method is None:
+        if draft is None and eagle is None and not default_pair:
+            raise ValueError("a --target checkpoint needs a drafter: --draft DIR (SpS) or --eagle DIR (EAGLE), "
+                             "or --method ar")
+        method = "sps" if draft is not None else "eagle"
+    if draft is not None and method != "sps":
+        raise ValueError(f"--draft is the drafter of --method sps, not of --method {method}")
+    if eagle is not None and method != "eagle":
+        raise ValueError(f"--eagle is the drafter of --method eagle, not of --method {method}")
+    if method == "sps" and draft is None and not default_pair:
+        raise ValueError("--method sps needs --draft for a --target checkpoint (or use --method ar)")
+    if method == "eagle" and eagle is None and not default_pair:
+        raise ValueError("--method eagle needs --eagle (a head directory) for a --target checkpoint")
+    return method
+
+
 class CLI:
     """specref: lossless speculative decoding, a readable reference."""
 
     def generate(self, prompt: str | None = None, *, target: str | None = None, draft: str | None = None,
-                 method: str = "sps", gamma: int | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
+                 method: str | None = None, gamma: int | None = None, max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
                  dtype: str = "float32", prompt_ids: Any = None, num_samples: int = 1, output: str = "text",
                  greedy_draft: bool = False, raw: bool = False, pack: bool | None = None, eagle: str | None = None,
                  tree: str = "default", choices: Any = "eagle", total_tokens: int | None = None,
@@ -131,12 +153,14 @@ class CLI:
                  show_tree: str | None = None, quantize: str | None = None) -> None:
         """Continue PROMPT (text) or --prompt-ids with the target, speculatively drafted by --draft.
 
-        Without --target the embedded default pair runs: SmolLM2-135M-Instruct and its shipped draft.
-        --method ar|sps|eagle; --gamma: drafts per round (default 3; 1 with PyTorch's default CPU products, see
-        --pack, where verifying 4 rows costs ~1.6 one-token steps and 2 rows ~1.1: fastest on the Intel Xeon
-        measured); --temperature 0 is greedy; --top-k 0 and --top-p 1 disable the filters; --num-samples N draws
-        N independent continuations; --output text|json; --raw skips the chat template; --greedy-draft: the draft
-        proposes its argmax (verified with a one-hot q: lossless); --pack/--nopack: oneDNN's packed CPU matrix
+        Without --target the embedded default pair runs: SmolLM2-135M-Instruct, drafted by its shipped EAGLE-3
+        head (the fastest method measured on every CPU tried) or, with --method sps, by its shipped draft model.
+        --method ar|sps|eagle (default: eagle with --eagle or the default target, sps with --draft); --gamma
+        (SpS): drafts per round (default 3; 1 with PyTorch's default CPU products, see --pack, where verifying 4
+        rows costs ~1.6 one-token steps and 2 rows ~1.1: fastest on the Intel Xeon measured); --temperature 0 is
+        greedy; --top-k 0 and --top-p 1 disable the filters; --num-samples N draws N independent continuations;
+        --output text|json; --raw skips the chat template; --greedy-draft (SpS): the draft proposes its argmax
+        (verified with a one-hot q: lossless); --pack/--nopack: oneDNN's packed CPU matrix
         products or PyTorch's default ones (default: packed, except on Intel CPUs with MKL, whose default product
         is faster for 1-3 rows); --quantize int4 stores the target's and the draft's layers as 4-bit weights (CPU,
         float32; a different target, whose law every method then samples exactly: see the README).
@@ -173,13 +197,15 @@ class CLI:
         dev = resolve_device(device)
         pack = should_pack(pack)
         tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k, params, packed=pack)
+        default_pair = target is None or target == DEFAULT_TARGET
+        method = choose_method(method, draft, eagle, default_pair)
+        if method != "sps" and (gamma is not None or greedy_draft):
+            raise ValueError(f"--gamma and --greedy-draft set SpS's draft (--method sps), not --method {method}'s")
         if gamma is None:  # as the trees: rows past the third cost real time with unpacked CPU products
             gamma = 1 if dev.type == "cpu" and not pack else 3
         check_count("gamma", gamma)
         check_count("num_samples", num_samples)
         check_run(max_new_tokens, seed)
-        if method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         if output not in ("text", "json"):
             raise ValueError(f"--output must be text or json, got {output!r}")
         if dtype not in DTYPES:
@@ -203,16 +229,11 @@ class CLI:
             prompt = DEFAULT_PROMPT
             print(f"specref: no prompt given; using {prompt!r}", file=sys.stderr)
 
-        default_pair = target is None or target == DEFAULT_TARGET
         target_dir = resolve_target(target)
         draft_dir = head_dir = None
         if method == "sps":
-            if draft is None and not default_pair:
-                raise ValueError("--method sps needs --draft for a --target checkpoint (or use --method ar)")
             draft_dir = Path(draft) if draft is not None else default_draft_dir()
         if method == "eagle":
-            if eagle is None and not default_pair:
-                raise ValueError("--method eagle needs --eagle (a head directory) for a --target checkpoint")
             head_dir = Path(eagle) if eagle is not None else default_head_dir()
         tgt_config = read_config(target_dir)
         drf_config = read_config(draft_dir) if draft_dir is not None else None
