@@ -56,9 +56,11 @@ def prefill(target: Llama, head: EagleHead, tcache: KVCache, hcache: KVCache, se
     ids, pos = tensors(target, seqs.tokens[:, : width + 1], np.arange(width + 1)[None].repeat(batch, 0))
     out = target(ids[:, :width], pos[:, :width], tcache, return_logits=False, layer_inputs=head.target_layers)
     tcache.keep(torch.from_numpy(seqs.prompt_lens - 1))
-    g, logits = head(ids[:, 1:], head.features(out.hidden, out.layer_inputs), pos[:, :width], hcache)
+    g, _ = head(ids[:, 1:], head.features(out.hidden, out.layer_inputs), pos[:, :width], hcache,
+                return_logits=False)
     hcache.keep(torch.from_numpy(seqs.prompt_lens - 1))
-    return last_of(g, seqs.prompt_lens - 1), last_of(logits, seqs.prompt_lens - 1)
+    root_g = last_of(g, seqs.prompt_lens - 1)
+    return root_g, head.logits(root_g)  # only the last pair's logits are used
 
 
 def grow(tree: TreeSpec, head: EagleHead, hcache: KVCache, root_g: Tensor, root_logits: Tensor,
@@ -112,9 +114,10 @@ def keep(head: EagleHead, tcache: KVCache, hcache: KVCache, out: Output, path: P
     feats = head.features(out.hidden, out.layer_inputs)
     feats = feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1]))
     pos = base[:, None] + torch.arange(path.nodes.shape[1], device=dev)
-    g, logits = head(torch.from_numpy(path.tokens).to(dev), feats, pos, hcache)
+    g, _ = head(torch.from_numpy(path.tokens).to(dev), feats, pos, hcache, return_logits=False)
     hcache.keep(torch.from_numpy(committed - 1))
-    return last_of(g, path.length), last_of(logits, path.length)
+    root_g = last_of(g, path.length)
+    return root_g, head.logits(root_g)  # only the last pair's logits are used
 
 
 @torch.inference_mode()

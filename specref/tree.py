@@ -300,6 +300,7 @@ def grow_dynamic(spec: TreeSpec, head: EagleHead, cache: KVCache, root_g: Tensor
                  root_pos: Tensor) -> Tree:
     """EAGLE-2's dynamic tree, per sequence: n = total_tokens nodes of top-ranked (deterministic) children."""
     b, k, dev = root_g.shape[0], spec.top_k, root_g.device
+    ids = head.vocab_ids  # children are ranked in the head's own vocabulary, then named by token id
     top = root_logits.float().log_softmax(-1).topk(k, dim=-1)
     # Every recorded candidate: token, score (cumulative log-prob), parent candidate (-1 = root), depth.
     tokens, scores = [top.indices], [top.values]
@@ -321,12 +322,13 @@ def grow_dynamic(spec: TreeSpec, head: EagleHead, cache: KVCache, root_g: Tensor
         cols = frontier if expanded_rows is None else torch.cat([expanded_rows, frontier], 1)
         sub = anc.gather(2, cols[:, None, :].expand(b, k, cols.shape[1]))
         out_g, out_logits = head(torch.cat(tokens, 1).gather(1, frontier), front_g,
-                                 root_pos + torch.as_tensor(level, device=dev).expand(b, k), cache, sub)
+                                 root_pos + torch.as_tensor(level, device=dev).expand(b, k), cache, sub,
+                                 draft_vocab=True)
         expanded_rows = cols
         child = out_logits.float().log_softmax(-1).topk(k, dim=-1)  # (B, k, k)
         child_scores = torch.cat(scores, 1).gather(1, frontier)[..., None] + child.values
         start = count
-        tokens.append(child.indices.reshape(b, k * k))
+        tokens.append((child.indices if ids is None else ids[child.indices]).reshape(b, k * k))
         scores.append(child_scores.reshape(b, k * k))
         parent.append(frontier[..., None].expand(b, k, k).reshape(b, k * k))
         depth.append(torch.full((b, k * k), level + 1, device=dev))

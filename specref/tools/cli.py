@@ -198,6 +198,8 @@ class CLI:
         pack = should_pack(pack)
         tree_spec = tree_for(dev.type, tree, choices, total_tokens, depth, tree_top_k, params, packed=pack)
         default_pair = target is None or target == DEFAULT_TARGET
+        # A --target is named (a fast check) before its drafter is asked for; the default's cache is built later.
+        target_dir = None if default_pair else resolve_target(target)
         method = choose_method(method, draft, eagle, default_pair)
         if method != "sps" and (gamma is not None or greedy_draft):
             raise ValueError(f"--gamma and --greedy-draft set SpS's draft (--method sps), not --method {method}'s")
@@ -229,7 +231,7 @@ class CLI:
             prompt = DEFAULT_PROMPT
             print(f"specref: no prompt given; using {prompt!r}", file=sys.stderr)
 
-        target_dir = resolve_target(target)
+        target_dir = target_dir or resolve_target(target)
         draft_dir = head_dir = None
         if method == "sps":
             draft_dir = Path(draft) if draft is not None else default_draft_dir()
