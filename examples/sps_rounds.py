@@ -1,7 +1,7 @@
 """SpS on the default pair, each round drawn: accepted drafts green, the rejected one red and struck through,
 the drafts after it (never tried) grey, the correction yellow or the bonus blue. Writes sps_rounds.svg.
 
-Run: python examples/sps_rounds.py        (SPECREF_QUICK=1: fewer tokens; the same as `generate --show-rounds`)
+Run: python examples/sps_rounds.py   (SPECREF_QUICK=1: fewer tokens; the same as `generate --method sps --show-rounds`)
 """
 
 import os

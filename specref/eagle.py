@@ -150,8 +150,8 @@ class EagleHead(nn.Module):
                 mask: Tensor | None = None, *, return_logits: bool = True,
                 draft_vocab: bool = False) -> tuple[Tensor, Tensor | None]:
         """Head outputs g (B, q, H) and draft logits over the full vocabulary (B, q, V), or with `draft_vocab`
-        over the head's own output vocabulary (`logits`), for `tokens` (B, q) paired with `features` (B, q, F):
-        target features, or the head's own g from the step before."""
+        over an EAGLE-3 head's own output vocabulary (B, q, Vd; see `logits`), for `tokens` (B, q) paired with
+        `features` (B, q, F): target features, or the head's own g from the step before."""
         embed = self.embed_tokens or self.target.embed_tokens
         e = embed(tokens).to(self.dtype)
         attn_mask = attention_mask(tokens, cache, mask)
@@ -183,8 +183,9 @@ class EagleHead(nn.Module):
     def logits(self, g: Tensor, draft_vocab: bool = False) -> Tensor:
         """Draft logits from head outputs g (already normed with norm_output): over the target's full
         vocabulary, or with `draft_vocab` over the head's own output vocabulary, column j being token
-        `vocab_ids[j]`. Growing a top-ranked tree needs only the latter: an EAGLE-3 head's 8,192 columns instead
-        of 49,152, most of them -inf."""
+        `vocab_ids[j]` (an EAGLE-1/2 head, which drafts with the target's output layer, always gives the full
+        vocabulary). Growing a top-ranked tree needs only the head's own columns: the shipped EAGLE-3 head's 8,192
+        instead of 49,152, most of them -inf."""
         if self.config.kind == "eagle":
             return self.target.logits(g)
         logits = self.lm_head(g if self.config.norm_output else self.norm(g))
@@ -192,7 +193,8 @@ class EagleHead(nn.Module):
 
     @property
     def vocab_ids(self) -> Tensor | None:
-        """Token id of each column of `logits(g, draft_vocab=True)`; None where those are the full vocabulary."""
+        """Token id of each column of `logits(g, draft_vocab=True)`; None for EAGLE-1/2 heads, whose columns
+        are the target's vocabulary in order."""
         if self.config.kind == "eagle":
             return None
         return torch.arange(len(self.d2t), device=self.d2t.device) + self.d2t

@@ -128,7 +128,7 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
     """Continue every prompt once with the target's distribution, drafting trees with an EAGLE head."""
     if head.target is not target:
         raise ValueError("the EAGLE head was loaded for another target model")
-    tree.check_vocab(target.config.vocab_size)
+    tree.check_vocab(target.config.vocab_size, head.config.draft_vocab_size)
     prompts = check_request(prompts, [target.config], max_new_tokens, seed)
     if min(map(len, prompts)) < 2:
         raise ValueError("EAGLE decoding needs prompts of at least 2 tokens (the head reads a target feature)")

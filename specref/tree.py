@@ -165,9 +165,13 @@ class TreeSpec:
                         raise ValueError(f"sampled children are the first draws in order: the children of a node "
                                          f"must have ranks 0..m-1, but one has ranks {got}")
 
-    def check_vocab(self, vocab: int) -> None:
-        """Refuse a tree that asks for a child rank the vocabulary does not have, before any model work."""
+    def check_vocab(self, vocab: int, head_vocab: int | None = None) -> None:
+        """Refuse a tree that asks for a child rank the vocabulary does not have, before any model work. A
+        dynamic tree ranks children in the head's own output vocabulary (`head_vocab`, EAGLE-3's reduced one)."""
         widest = self.top_k if self.kind == "dynamic" else 1 + max(max(path) for path in self.choices)
+        if self.kind == "dynamic" and head_vocab is not None and widest > head_vocab:
+            raise ValueError(f"tree top_k {widest} needs at least {widest} tokens, but the head drafts from "
+                             f"{head_vocab}")
         if widest > vocab:
             what = f"top_k {self.top_k}" if self.kind == "dynamic" else f"choices rank {widest - 1}"
             raise ValueError(f"tree {what} needs at least {widest} tokens, but the vocabulary has {vocab}")

@@ -128,8 +128,10 @@ DRAFTER = [  # (draft given, eagle given, method) -> the method run, or the erro
     ({"method": "eagle", "draft": True}, "--draft is the drafter of --method sps, not of --method eagle"),
     ({"method": "ar", "eagle": True}, "--eagle is the drafter of --method eagle, not of --method ar"),
     ({"method": "sps"}, "--method sps needs --draft"),
-    ({"method": None, "eagle": True, "gamma": 2}, "--gamma and --greedy-draft set SpS's draft"),
-    ({"method": "ar", "greedy_draft": True}, "--gamma and --greedy-draft set SpS's draft"),
+    ({"method": None, "eagle": True, "gamma": 2}, r"--gamma sets SpS's draft, but the method here is eagle \(from"),
+    ({"method": "ar", "greedy_draft": True}, "--greedy-draft sets SpS's draft, but the method here is ar: add"),
+    ({"method": None, "eagle": True, "prompt_ids": "3"}, "EAGLE needs a prompt of at least 2 tokens"),
+    ({"method": "eagle", "eagle": True, "tree": "dynamic", "tree_top_k": 10}, "top_k 10 .* the head drafts from 9"),
 ]
 
 
@@ -140,18 +142,20 @@ def test_the_method_follows_the_drafter_given(checkpoints, heads, monkeypatch, k
     target, draft = checkpoints
     ran = []
     monkeypatch.setattr("specref.formats.hf.read_weights", lambda *_: (ran.append(1), pytest.fail("stop"))[1])
-    args = {**kwargs, "draft": str(draft) if kwargs.get("draft") else None,
+    args = {"prompt_ids": "3,4", **kwargs, "draft": str(draft) if kwargs.get("draft") else None,
             "eagle": str(heads / "eagle3") if kwargs.get("eagle") else None}
     if outcome in METHODS:
         with pytest.raises(pytest.fail.Exception):
-            CLI().generate(target=str(target), prompt_ids="3,4", max_new_tokens=4, **args)
+            CLI().generate(target=str(target), max_new_tokens=4, **args)
         assert ran  # every check passed: the weights were about to be read
         assert choose_method(kwargs["method"], args["draft"], args["eagle"], default_pair=False) == outcome
     else:
         with pytest.raises(ValueError, match=outcome):
-            CLI().generate(target=str(target), prompt_ids="3,4", max_new_tokens=4, **args)
+            CLI().generate(target=str(target), max_new_tokens=4, **args)
     # The default pair needs no drafter: it ships both, and EAGLE is its default.
     assert choose_method(None, None, None, default_pair=True) == "eagle"
+    with pytest.raises(ValueError, match=r"--gamma sets SpS's draft, but the method here is eagle \(the default\)"):
+        CLI().generate("hi", gamma=2)  # refused before the default model's cache is even looked at
     assert choose_method("sps", None, None, default_pair=True) == "sps"
 
 

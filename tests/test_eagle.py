@@ -304,3 +304,30 @@ def test_sampled_children_verified_as_iid_draws_are_caught(target, monkeypatch):
     out = generate_eagle(target, head_for(target, "eagle", scale=0.5), PROMPT, tree=SMALL_SAMPLED,
                          max_new_tokens=LENGTH, params=params, seed=7, num_samples=N)
     assert g_test(out.token_ids, exact_law(target, PROMPT, LENGTH, params), LENGTH) < ALPHA_TEST
+
+
+def test_dynamic_trees_ranked_in_the_heads_vocabulary_are_the_full_vocabularys(target, monkeypatch):
+    """`grow_dynamic` ranks children over an EAGLE-3 head's own columns and names them by `vocab_ids`: every
+    round's tree must be the one that ranking over the full vocabulary (-inf outside the head's) grows. Any head
+    is lossless, so only this test sees a wrong column-to-token mapping."""
+    from specref.eagle import EagleHead
+    from specref.model import full_vocabulary
+
+    head = head_for(target, "eagle3")
+    assert not torch.equal(head.vocab_ids, torch.arange(len(head.vocab_ids)))  # d2t moves tokens: mapping matters
+
+    def trees() -> list[tuple[list[int], list[int] | None]]:
+        rounds: list = []
+        generate_eagle(target, head, PROMPT, tree=SMALL_DYNAMIC, max_new_tokens=8, params=GREEDY,
+                       trace=rounds.append)
+        return [(r.tokens, r.parents) for r in rounds]
+
+    reduced = trees()
+    ids, vocab = head.vocab_ids, target.config.vocab_size
+
+    def full_logits(self, g, draft_vocab=False):  # always the full vocabulary: token ids are column indices
+        return full_vocabulary(self.lm_head(g if self.config.norm_output else self.norm(g)), ids, vocab)
+
+    monkeypatch.setattr(EagleHead, "logits", full_logits)
+    monkeypatch.setattr(EagleHead, "vocab_ids", property(lambda self: None))
+    assert len(reduced) >= 2 and reduced == trees()

@@ -64,17 +64,19 @@ def packing_ms(dense: Llama, spare: Llama, rounds: int = 3) -> dict[str, dict[in
 
 @torch.inference_mode()
 def head_step_time(head: EagleHead, device: torch.device, tokens: int) -> float:
-    """Median seconds of one tree-expansion step of the head over `tokens` frontier nodes, logits included."""
+    """Median seconds of one tree-expansion step of the head over `tokens` frontier nodes, logits included (in
+    the head's own vocabulary, as `tree.grow_dynamic` ranks children)."""
     cache = head.new_cache(1, 256)
     width = head.config.hidden if head.config.kind == "eagle" else 3 * head.target.config.hidden_size
     feats = torch.zeros(1, 128, width, dtype=head.dtype, device=device)
     positions = torch.arange(128, device=device)[None]
-    head(positions % head.config.layer.vocab_size, feats, positions, cache)  # any tokens: same cost
+    head(positions % head.config.layer.vocab_size, feats, positions, cache, return_logits=False)  # any tokens
     ids = torch.full((1, tokens), 1, device=device)
     g = torch.zeros(1, tokens, head.config.hidden, dtype=head.dtype, device=device)
     pos = torch.full((1, tokens), 128, device=device)
     mask = torch.eye(tokens, dtype=torch.bool, device=device)[None]
-    return median_seconds(lambda: head(ids, g, pos, cache, mask), lambda: cache.keep(torch.tensor([128])), device)
+    return median_seconds(lambda: head(ids, g, pos, cache, mask, draft_vocab=True),
+                          lambda: cache.keep(torch.tensor([128])), device)
 
 
 def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",

@@ -151,10 +151,12 @@ class CLI:
                  tree: str = "default", choices: Any = "eagle", total_tokens: int | None = None,
                  depth: int | None = None, tree_top_k: int | None = None, show_rounds: bool = False,
                  show_tree: str | None = None, quantize: str | None = None) -> None:
-        """Continue PROMPT (text) or --prompt-ids with the target, speculatively drafted by --draft.
+        """Continue PROMPT (text) or --prompt-ids with the target, drafted by an EAGLE head (the default) or a
+        --draft model (SpS).
 
         Without --target the embedded default pair runs: SmolLM2-135M-Instruct, drafted by its shipped EAGLE-3
-        head (the fastest method measured on every CPU tried) or, with --method sps, by its shipped draft model.
+        head (in fp32 the fastest method on every CPU measured; with --quantize int4, --method ar is faster) or,
+        with --method sps, by its shipped draft model.
         --method ar|sps|eagle (default: eagle with --eagle or the default target, sps with --draft); --gamma
         (SpS): drafts per round (default 3; 1 with PyTorch's default CPU products, see --pack, where verifying 4
         rows costs ~1.6 one-token steps and 2 rows ~1.1: fastest on the Intel Xeon measured); --temperature 0 is
@@ -200,9 +202,12 @@ class CLI:
         default_pair = target is None or target == DEFAULT_TARGET
         # A --target is named (a fast check) before its drafter is asked for; the default's cache is built later.
         target_dir = None if default_pair else resolve_target(target)
-        method = choose_method(method, draft, eagle, default_pair)
+        given_method, method = method is not None, choose_method(method, draft, eagle, default_pair)
         if method != "sps" and (gamma is not None or greedy_draft):
-            raise ValueError(f"--gamma and --greedy-draft set SpS's draft (--method sps), not --method {method}'s")
+            flag = "--gamma" if gamma is not None else "--greedy-draft"
+            how = "" if given_method else " (from --eagle)" if eagle is not None else " (the default)"
+            raise ValueError(f"{flag} sets SpS's draft, but the method here is {method}{how}: add --method sps "
+                             f"(and --draft DIR for a --target checkpoint)")
         if gamma is None:  # as the trees: rows past the third cost real time with unpacked CPU products
             gamma = 1 if dev.type == "cpu" and not pack else 3
         check_count("gamma", gamma)
@@ -249,7 +254,7 @@ class CLI:
         head_read = None
         if head_dir is not None:
             head_read = read_head(head_dir, tgt_config)  # the whole head, checked against the target's config
-            tree_spec.check_vocab(tgt_config.vocab_size)
+            tree_spec.check_vocab(tgt_config.vocab_size, head_read[0].draft_vocab_size)
         if ids is not None:
             check_request([ids], [tgt_config], max_new_tokens, seed)
         tokenizer = load_tokenizer(target_dir)
@@ -260,6 +265,9 @@ class CLI:
                 raise ValueError("this model has no tokenizer: give the prompt as --prompt-ids 1,2,3")
             ids = encode(tokenizer, prompt, chat=not raw)
             check_request([ids], [tgt_config], max_new_tokens, seed)
+        if method == "eagle" and len(ids) < 2:
+            raise ValueError("EAGLE needs a prompt of at least 2 tokens (its head reads a target feature and the next "
+                             "token); this one has 1: use --method sps or --method ar, or a longer prompt")
         # The buffers the run will allocate, checked before the weights are read (the loops check them again).
         rows = len(ids) + max_new_tokens + {"ar": 0, "sps": gamma + 1, "eagle": tree_spec.scratch_rows}[method]
         configs = [c for c in (tgt_config, drf_config) if c is not None]
