@@ -208,6 +208,12 @@ class CLI:
             how = "" if given_method else " (from --eagle)" if eagle is not None else " (the default)"
             raise ValueError(f"{flag} sets SpS's draft, but the method here is {method}{how}: add --method sps "
                              f"(and --draft DIR for a --target checkpoint)")
+        tree_flags = {"--tree": tree != "default", "--choices": choices != "eagle", "--total-tokens": total_tokens,
+                      "--depth": depth, "--tree-top-k": tree_top_k}
+        given = [flag for flag, value in tree_flags.items() if value not in (None, False)]
+        if method != "eagle" and given:
+            raise ValueError(f"{', '.join(given)} shape EAGLE's tree, but the method here is {method}: add "
+                             "--method eagle or leave them out")
         if gamma is None:  # as the trees: rows past the third cost real time with unpacked CPU products
             gamma = 1 if dev.type == "cpu" and not pack else 3
         check_count("gamma", gamma)
