@@ -120,6 +120,13 @@ def keep(head: EagleHead, tcache: KVCache, hcache: KVCache, out: Output, path: P
     return root_g, head.logits(root_g)  # only the last pair's logits are used
 
 
+def check_prompt_lengths(prompts: Sequence[Sequence[int]]) -> None:
+    """EAGLE's head reads a target feature and the token after it, so a prompt needs two tokens."""
+    if min(map(len, prompts)) < 2:
+        raise ValueError("EAGLE decoding needs prompts of at least 2 tokens (the head reads a target feature and the "
+                         "token after it): use SpS or AR for a one-token prompt")
+
+
 @torch.inference_mode()
 def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[int]], *, tree: TreeSpec,
                    max_new_tokens: int, params: SamplingParams = SamplingParams(), seed: int = 0,
@@ -130,8 +137,7 @@ def generate_batch(target: Llama, head: EagleHead, prompts: Sequence[Sequence[in
         raise ValueError("the EAGLE head was loaded for another target model")
     tree.check_vocab(target.config.vocab_size, head.config.draft_vocab_size)
     prompts = check_request(prompts, [target.config], max_new_tokens, seed)
-    if min(map(len, prompts)) < 2:
-        raise ValueError("EAGLE decoding needs prompts of at least 2 tokens (the head reads a target feature)")
+    check_prompt_lengths(prompts)
     start, stats = time.perf_counter(), Stats()
     gen, coin = streams(seed, target.device)  # gen draws sampled children, coin makes the verifier's decisions
     seqs = Sequences(prompts, max_new_tokens, eos_token_ids, stream)

@@ -130,7 +130,7 @@ DRAFTER = [  # (draft given, eagle given, method) -> the method run, or the erro
     ({"method": "sps"}, "--method sps needs --draft"),
     ({"method": None, "eagle": True, "gamma": 2}, r"--gamma sets SpS's draft, but the method here is eagle \(from"),
     ({"method": "ar", "greedy_draft": True}, "--greedy-draft sets SpS's draft, but the method here is ar: add"),
-    ({"method": None, "eagle": True, "prompt_ids": "3"}, "EAGLE needs a prompt of at least 2 tokens"),
+    ({"method": None, "eagle": True, "prompt_ids": "3"}, "EAGLE decoding needs prompts of at least 2 tokens"),
     ({"method": "eagle", "eagle": True, "tree": "dynamic", "tree_top_k": 10}, "top_k 10 .* the head drafts from 9"),
     ({"method": None, "draft": True, "tree": "static", "depth": 3}, "--tree, --depth shape EAGLE's tree, but the "
                                                                       "method here is sps"),

@@ -208,9 +208,10 @@ class CLI:
             how = "" if given_method else " (from --eagle)" if eagle is not None else " (the default)"
             raise ValueError(f"{flag} sets SpS's draft, but the method here is {method}{how}: add --method sps "
                              f"(and --draft DIR for a --target checkpoint)")
-        tree_flags = {"--tree": tree != "default", "--choices": choices != "eagle", "--total-tokens": total_tokens,
-                      "--depth": depth, "--tree-top-k": tree_top_k}
-        given = [flag for flag, value in tree_flags.items() if value not in (None, False)]
+        tree_flags = {"--tree": tree != "default", "--choices": choices != "eagle",
+                      "--total-tokens": total_tokens is not None, "--depth": depth is not None,
+                      "--tree-top-k": tree_top_k is not None}
+        given = [flag for flag, set_ in tree_flags.items() if set_]
         if method != "eagle" and given:
             raise ValueError(f"{', '.join(given)} shape EAGLE's tree, but the method here is {method}: add "
                              "--method eagle or leave them out")
@@ -271,9 +272,8 @@ class CLI:
                 raise ValueError("this model has no tokenizer: give the prompt as --prompt-ids 1,2,3")
             ids = encode(tokenizer, prompt, chat=not raw)
             check_request([ids], [tgt_config], max_new_tokens, seed)
-        if method == "eagle" and len(ids) < 2:
-            raise ValueError("EAGLE needs a prompt of at least 2 tokens (its head reads a target feature and the next "
-                             "token); this one has 1: use --method sps or --method ar, or a longer prompt")
+        if method == "eagle":
+            eagle_decode.check_prompt_lengths([ids])  # before any weights are read
         # The buffers the run will allocate, checked before the weights are read (the loops check them again).
         rows = len(ids) + max_new_tokens + {"ar": 0, "sps": gamma + 1, "eagle": tree_spec.scratch_rows}[method]
         configs = [c for c in (tgt_config, drf_config) if c is not None]
