@@ -153,7 +153,7 @@ class EagleHead(nn.Module):
         over an EAGLE-3 head's own output vocabulary (B, q, Vd; see `logits`), for `tokens` (B, q) paired with
         `features` (B, q, F): target features, or the head's own g from the step before."""
         embed = self.embed_tokens or self.target.embed_tokens
-        e = embed(tokens).to(self.dtype)
+        e, features = embed(tokens).to(self.dtype), features.to(self.dtype)  # a head may run in its own dtype
         attn_mask = attention_mask(tokens, cache, mask)
         cos, sin = self.rotary(position_ids, e.dtype)
         if self.config.kind == "eagle":
@@ -185,10 +185,12 @@ class EagleHead(nn.Module):
         vocabulary, or with `draft_vocab` over the head's own output vocabulary, column j being token
         `vocab_ids[j]` (an EAGLE-1/2 head, which drafts with the target's output layer, always gives the full
         vocabulary). Growing a top-ranked tree needs only the head's own columns: the shipped EAGLE-3 head's 8,192
-        instead of 49,152, most of them -inf."""
+        instead of 49,152, most of them -inf. A bfloat16 head's logits come back in float32, so that ranking and
+        sampling read them as they would a float32 head's."""
         if self.config.kind == "eagle":
-            return self.target.logits(g)
+            return self.target.logits(g.to(self.target.dtype))
         logits = self.lm_head(g if self.config.norm_output else self.norm(g))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return logits if draft_vocab else full_vocabulary(logits, self.vocab_ids, self.config.layer.vocab_size)
 
     @property

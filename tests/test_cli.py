@@ -132,9 +132,12 @@ DRAFTER = [  # (draft given, eagle given, method) -> the method run, or the erro
     ({"method": "ar", "greedy_draft": True}, "--greedy-draft sets SpS's draft, but the method here is ar: add"),
     ({"method": None, "eagle": True, "prompt_ids": "3"}, "EAGLE decoding needs prompts of at least 2 tokens"),
     ({"method": "eagle", "eagle": True, "tree": "dynamic", "tree_top_k": 10}, "top_k 10 .* the head drafts from 9"),
-    ({"method": None, "draft": True, "tree": "static", "depth": 3}, "--tree, --depth shape EAGLE's tree, but the "
-                                                                      "method here is sps"),
-    ({"method": "ar", "choices": "small"}, "--choices shape EAGLE's tree, but the method here is ar"),
+    ({"method": None, "draft": True, "tree": "static", "depth": 3}, "--tree, --depth apply to EAGLE's tree and "
+                                                                      "head, but the method here is sps"),
+    ({"method": "ar", "choices": "small"}, "--choices apply to EAGLE's tree and head, but the method here is ar"),
+    ({"method": "sps", "draft": True, "head_dtype": "bfloat16"}, "--head-dtype apply to EAGLE's tree and head, but"),
+    ({"method": None, "eagle": True, "head_dtype": "int8"}, "--head-dtype must be one of float32, float64, bfloat16"),
+    ({"method": None, "eagle": True, "head_dtype": "bfloat16"}, "eagle"),
 ]
 
 

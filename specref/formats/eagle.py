@@ -148,18 +148,19 @@ def head_from(cfg: dict[str, Any], weights: dict[str, Tensor],
     return config, state, own_embedding
 
 
-def load_head(path: str | Path, target: Llama) -> EagleHead:
+def load_head(path: str | Path, target: Llama, dtype: torch.dtype | None = None) -> EagleHead:
     """Load an EAGLE-1/2, HASS or EAGLE-3 head directory (config.json + weights) for `target`."""
-    return place_head(read_head(path, target.config), target)
+    return place_head(read_head(path, target.config), target, dtype)
 
 
-def place_head(read: tuple[HeadConfig, dict[str, Tensor], bool], target: Llama) -> EagleHead:
-    """The head that `read_head` read, on the target's device and dtype, sharing its embedding (and for
-    EAGLE-1/2 its output layer)."""
+def place_head(read: tuple[HeadConfig, dict[str, Tensor], bool], target: Llama,
+               dtype: torch.dtype | None = None) -> EagleHead:
+    """The head that `read_head` read, on the target's device and in `dtype` (default: the target's), sharing its
+    embedding (and for EAGLE-1/2 its output layer)."""
     config, state, own_embedding = read
     with torch.device("meta"):
         head = EagleHead(config, target, own_embedding)
-    dtype, device = target.dtype, target.device
+    dtype, device = dtype or target.dtype, target.device
     head.load_state_dict({k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
                           for k, v in state.items()}, assign=True)
     return head.eval()

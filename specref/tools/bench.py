@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode, sps
-from specref.cpu import pack_linears, quantize_int4, should_pack
+from specref.cpu import fast_head_dtype, pack_linears, quantize_int4, should_pack
 from specref.formats.default_model import (
     default_draft_dir,
     default_head_dir,
@@ -86,10 +86,11 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
           gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: tuple[float, ...] = (0.0, 1.0),
           device: str = "cpu", pack: bool | None = None, seed: int = 0,
           trees: tuple[str, ...] = ("default", "dynamic", "static"),
-          groups: tuple[str, ...] = GROUPS[:3], plot: str | None = None) -> dict[str, Any]:
+          groups: tuple[str, ...] = GROUPS[:3], plot: str | None = None,
+          head_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Time the rows of `groups` (of GROUPS; default sps, assisted, eagle) beside the baselines HF AR and
     specref AR; with `plot`, draw them there (`tools/plots.py::speculation_figure`). `pack` None: the CPU's rule
-    (`cpu.should_pack`)."""
+    (`cpu.should_pack`); `head_dtype` None: the EAGLE head's as `generate` chooses it (`cpu.fast_head_dtype`)."""
     from transformers import LlamaForCausalLM
 
     if plot is not None:
@@ -106,7 +107,8 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
 
     target = load_model(target_dir, device=dev)
     draft = load_draft(draft_dir, target)
-    head = load_head(default_head_dir(), target)
+    head_dtype = head_dtype or fast_head_dtype(dev, target.dtype)
+    head = load_head(default_head_dir(), target, head_dtype)
     hf_target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to(dev).eval()
     hf_draft = to_transformers(standalone_draft(draft, target))  # before packing; a full output head
     floor, bandwidth = weight_read_floor(target)  # before packing: packed weights are no parameters
@@ -114,7 +116,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
     if "int4" in groups:
         quantized = copy.deepcopy(target)
         quantize_int4(quantized)
-        quantized_head = load_head(default_head_dir(), quantized)  # a head serves the target it was placed on
+        quantized_head = load_head(default_head_dir(), quantized, head_dtype)  # a head serves the target it was put on
         int4_floor, _ = weight_read_floor(quantized)
     if pack:
         for model in (target, draft, head, quantized, quantized_head):
@@ -238,7 +240,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
         "machine": machine(dev), "settings": {  # with `out`, the command line that reproduces this run
             "prompts": prompts, "max_new_tokens": max_new_tokens, "repeats": repeats, "gammas": list(gammas),
             "temperatures": list(temperatures), "device": device, "pack": pack, "seed": seed,
-            "trees": list(trees), "groups": list(groups)},
+            "trees": list(trees), "groups": list(groups), "head_dtype": str(head_dtype).removeprefix("torch.")},
         "weights_sha256": {  # 16 hex digits: which shipped draft or head a stored result measured
             name: file_digest(Path(d) / "model.safetensors", "sha256")[:16]
             for name, d in (("target", target_dir), ("draft", draft_dir), ("eagle", default_head_dir()))},

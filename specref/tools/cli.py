@@ -150,7 +150,7 @@ class CLI:
                  greedy_draft: bool = False, raw: bool = False, pack: bool | None = None, eagle: str | None = None,
                  tree: str = "default", choices: Any = "eagle", total_tokens: int | None = None,
                  depth: int | None = None, tree_top_k: int | None = None, show_rounds: bool = False,
-                 show_tree: str | None = None, quantize: str | None = None) -> None:
+                 show_tree: str | None = None, quantize: str | None = None, head_dtype: str | None = None) -> None:
         """Continue PROMPT (text) or --prompt-ids with the target, drafted by an EAGLE head (the default) or a
         --draft model (SpS).
 
@@ -174,6 +174,8 @@ class CLI:
         calibrate` measures them). default: the device's dynamic tree at T = 0 and, on a CPU, the sampled fork at
         T > 0; with PyTorch's default CPU products (--nopack, or an Intel CPU with MKL), a 2-node dynamic tree at
         T = 0 and one sampled child at T > 0 (a dynamic tree when --total-tokens, --depth or --tree-top-k is given).
+        --head-dtype float32|bfloat16|...: the head's dtype (default: bfloat16 beside a float32 target on a CPU
+        with oneDNN's bfloat16 products, about a third cheaper a step; else the target's; lossless either way).
         Pictures: --show-rounds prints each round of the first sample in colour (accepted drafts green, the
         rejected one red, the correction yellow or the bonus blue); --show-tree OUT.svg (EAGLE) draws the first
         round's tree with the target's probabilities on its edges and the accepted path highlighted.
@@ -182,7 +184,7 @@ class CLI:
 
         from specref import autoregressive, eagle_decode, sps
         from specref.checks import check_count, check_pair, check_request, check_run
-        from specref.cpu import int4_layers, pack_linears, quantize_int4, should_pack
+        from specref.cpu import fast_head_dtype, int4_layers, pack_linears, quantize_int4, should_pack
         from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
         from specref.formats.eagle import place_head, read_head
         from specref.formats.files import check_output_file
@@ -210,10 +212,10 @@ class CLI:
                              f"(and --draft DIR for a --target checkpoint)")
         tree_flags = {"--tree": tree != "default", "--choices": choices != "eagle",
                       "--total-tokens": total_tokens is not None, "--depth": depth is not None,
-                      "--tree-top-k": tree_top_k is not None}
+                      "--tree-top-k": tree_top_k is not None, "--head-dtype": head_dtype is not None}
         given = [flag for flag, set_ in tree_flags.items() if set_]
         if method != "eagle" and given:
-            raise ValueError(f"{', '.join(given)} shape EAGLE's tree, but the method here is {method}: add "
+            raise ValueError(f"{', '.join(given)} apply to EAGLE's tree and head, but the method here is {method}: add "
                              "--method eagle or leave them out")
         if gamma is None:  # as the trees: rows past the third cost real time with unpacked CPU products
             gamma = 1 if dev.type == "cpu" and not pack else 3
@@ -222,8 +224,9 @@ class CLI:
         check_run(max_new_tokens, seed)
         if output not in ("text", "json"):
             raise ValueError(f"--output must be text or json, got {output!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        for flag, value in (("--dtype", dtype), ("--head-dtype", head_dtype or dtype)):
+            if value not in DTYPES:
+                raise ValueError(f"{flag} must be one of {', '.join(DTYPES)}, got {value!r}")
         if quantize not in (None, "int4"):
             raise ValueError(f"--quantize must be int4 (or left out for full-precision weights), got {quantize!r}")
         if quantize:
@@ -285,7 +288,10 @@ class CLI:
 
         tgt = build_model(tgt_config, read_weights(target_dir), dtype=getattr(torch, dtype), device=dev)
         drf = load_draft(draft_dir, tgt) if draft_dir is not None else None
-        head = place_head(head_read, tgt) if head_read is not None else None
+        head = None
+        if head_read is not None:
+            chosen = getattr(torch, head_dtype) if head_dtype else fast_head_dtype(dev, tgt.dtype)
+            head = place_head(head_read, tgt, chosen)
         if quantize:
             for model in (tgt, drf):
                 if model is not None:
@@ -326,7 +332,8 @@ class CLI:
     def bench(self, out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128, repeats: int = 3,
               gammas: Any = (1, 2, 3, 4, 5, 6, 7, 8), temperatures: Any = (0.0, 1.0), device: str = "cpu",
               pack: bool | None = None, seed: int = 0, trees: Any = ("default", "dynamic", "static"),
-              groups: Any = ("sps", "assisted", "eagle"), plot: str | None = None) -> None:
+              groups: Any = ("sps", "assisted", "eagle"), plot: str | None = None,
+              head_dtype: str | None = None) -> None:
         """Time HF generate(), specref AR, specref SpS (each --gammas), HF assisted generation and specref EAGLE
         (each --trees: default, dynamic, dynamic:TOTAL:DEPTH:TOP_K, static, static:medusa, sampled; a tree that
         equals another at some temperature runs once there) on the default pair, in one run on the held-out
@@ -334,7 +341,9 @@ class CLI:
         specref AR and EAGLE on the 4-bit target, and llama.cpp on the GGUF when llama-cpp-python is installed).
         Prints the table and writes OUT/bench.json; --plot OUT.png draws tokens/s, τ and speed-up against γ
         (measured and predicted from α and c) and the acceptance of each draft position (needs matplotlib).
-        --pack/--nopack as for generate; `default` trees follow it."""
+        --pack/--nopack and --head-dtype as for generate; `default` trees follow --pack."""
+        import torch
+
         from specref.checks import check_count
         from specref.cpu import should_pack
         from specref.logits import SamplingParams
@@ -360,6 +369,8 @@ class CLI:
             raise ValueError(f"--groups must be among {','.join(GROUPS)}, got {groups!r}")
         if "int4" in group_list:
             check_int4_run("--groups int4", dev, "float32")
+        if head_dtype is not None and head_dtype not in DTYPES:
+            raise ValueError(f"--head-dtype must be one of {', '.join(DTYPES)}, got {head_dtype!r}")
         if plot is not None:
             from specref.tools.plots import check_plot_path
 
@@ -369,7 +380,7 @@ class CLI:
                 raise ValueError(str(e)) from None
         bench(out, prompts=prompts, max_new_tokens=max_new_tokens, repeats=repeats, gammas=gammas,
               temperatures=temps, device=str(dev), pack=pack, seed=seed, trees=tree_list, groups=group_list,
-              plot=plot)
+              plot=plot, head_dtype=getattr(torch, head_dtype) if head_dtype else None)
 
     def calibrate(self, out: str | None = None, *, prompts: int = 3, max_new_tokens: int = 64, device: str = "cpu",
                   pack: bool | None = None, temperature: float = 0.0, seed: int = 0) -> None:
