@@ -62,18 +62,6 @@ def should_pack(choice: bool | None = None) -> bool:
     return packing_pays(cpu_vendor(), torch.backends.mkl.is_available()) if choice is None else choice
 
 
-def fast_head_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The dtype an EAGLE head runs in beside a target of `dtype` on `device`: bfloat16 beside a float32 target
-    on a CPU where oneDNN multiplies bfloat16 (AVX-512 or AMX), else the target's. Any head keeps decoding
-    lossless, since the target's law decides every token; a bfloat16 head drafts slightly different trees from
-    the float32 one (the shipped head's weights are bfloat16 already, its activations are rounded) at about
-    two thirds of the cost: 0.75 against 1.1 ms for a 4-node step on the AMD EPYC of the README. A fixed rule,
-    as `packing_pays`, so that a seed gives the same bits on one machine every run."""
-    if device.type != "cpu" or dtype != torch.float32 or not torch.backends.mkldnn.is_available():
-        return dtype
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else dtype
-
-
 def is_packed(model: nn.Module) -> bool:
     """Whether `pack_linears` swapped `model`'s layers: the default trees depend on it (`tree.device_tree`)."""
     return any(isinstance(m, PackedLinear) for m in model.modules())

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specref import SamplingParams, generate_ar
-from specref.cpu import fast_head_dtype
 from specref.eagle import random_head
 from specref.eagle_decode import generate as generate_eagle
 from specref.formats.eagle import load_head, save_head
@@ -67,9 +66,8 @@ def test_eagle_sampling_matches_exact_law(target, kind, tree, params):
     ("eagle3", device_tree("cpu", SamplingParams(1.0)), SamplingParams(1.0)),  # sampled children: q in bfloat16
 ])
 def test_a_bfloat16_head_keeps_the_exact_law(target, kind, tree, params):
-    """`generate` runs the head in bfloat16 beside a float32 target on most CPUs (`cpu.fast_head_dtype`): its
-    rounded drafts and q must still give exactly the target's law (an EAGLE-1 head drafts with the target's own
-    float32 output layer)."""
+    """A head in bfloat16 beside a float32 target (`--head-dtype bfloat16`): its rounded drafts and q must still
+    give exactly the target's law (an EAGLE-1 head drafts with the target's own float32 output layer)."""
     head = head_for(target, kind, scale=0.5 if tree.children == "sampled" else 3.0).to(torch.bfloat16)
     out = generate_eagle(target, head, PROMPT, tree=tree, max_new_tokens=LENGTH, params=params, seed=7,
                          num_samples=N)
@@ -77,14 +75,6 @@ def test_a_bfloat16_head_keeps_the_exact_law(target, kind, tree, params):
     law = exact_law(target, PROMPT, LENGTH, params)
     pvalue = g_test(out.token_ids, law, LENGTH)
     assert pvalue > ALPHA_TEST, f"G-test p = {pvalue:.3g}, TV = {total_variation(out.token_ids, law, LENGTH):.4f}"
-
-
-def test_the_head_runs_in_bfloat16_only_beside_a_float32_cpu_target():
-    cpu, bf16 = torch.device("cpu"), torch.bfloat16
-    expected = bf16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-    assert fast_head_dtype(cpu, torch.float32) == expected
-    assert fast_head_dtype(cpu, torch.float64) == torch.float64
-    assert fast_head_dtype(torch.device("cuda"), torch.float32) == torch.float32
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)

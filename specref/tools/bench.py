@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode, sps
-from specref.cpu import fast_head_dtype, pack_linears, quantize_int4, should_pack
+from specref.cpu import pack_linears, quantize_int4, should_pack
 from specref.formats.default_model import (
     default_draft_dir,
     default_head_dir,
@@ -90,7 +90,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
           head_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Time the rows of `groups` (of GROUPS; default sps, assisted, eagle) beside the baselines HF AR and
     specref AR; with `plot`, draw them there (`tools/plots.py::speculation_figure`). `pack` None: the CPU's rule
-    (`cpu.should_pack`); `head_dtype` None: the EAGLE head's as `generate` chooses it (`cpu.fast_head_dtype`)."""
+    (`cpu.should_pack`); `head_dtype` None: the target's."""
     from transformers import LlamaForCausalLM
 
     if plot is not None:
@@ -107,7 +107,7 @@ def bench(out: str = "bench_out", *, prompts: int = 4, max_new_tokens: int = 128
 
     target = load_model(target_dir, device=dev)
     draft = load_draft(draft_dir, target)
-    head_dtype = head_dtype or fast_head_dtype(dev, target.dtype)
+    head_dtype = head_dtype or target.dtype
     head = load_head(default_head_dir(), target, head_dtype)
     hf_target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to(dev).eval()
     hf_draft = to_transformers(standalone_draft(draft, target))  # before packing; a full output head

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from specref import autoregressive, eagle_decode
-from specref.cpu import fast_head_dtype, pack_linears, should_pack
+from specref.cpu import pack_linears, should_pack
 from specref.eagle import EagleHead
 from specref.formats.default_model import default_head_dir, default_target_dir
 from specref.formats.eagle import load_head
@@ -87,7 +87,7 @@ def calibrate(out: str | None = None, *, prompts: int = 3, max_new_tokens: int =
     tok = load_tokenizer(target_dir)
     inputs = [encode(tok, t) for t in load_prompts("heldout")[-prompts:]]  # not the prompts the bench reports
     target = load_model(target_dir, device=dev)
-    head = load_head(default_head_dir(), target, fast_head_dtype(dev, target.dtype))  # as `generate` runs it
+    head = load_head(default_head_dir(), target)
     packing = packing_ms(target, load_model(target_dir, device=dev)) if dev.type == "cpu" else None
     if packing:
         faster = "packed (--pack)" if packing["packed"][1] < packing["default"][1] else "default (--nopack)"

@@ -174,8 +174,7 @@ class CLI:
         calibrate` measures them). default: the device's dynamic tree at T = 0 and, on a CPU, the sampled fork at
         T > 0; with PyTorch's default CPU products (--nopack, or an Intel CPU with MKL), a 2-node dynamic tree at
         T = 0 and one sampled child at T > 0 (a dynamic tree when --total-tokens, --depth or --tree-top-k is given).
-        --head-dtype float32|bfloat16|...: the head's dtype (default: bfloat16 beside a float32 target on a CPU
-        with oneDNN's bfloat16 products, about a third cheaper a step; else the target's; lossless either way).
+        --head-dtype float32|bfloat16|...: the head's dtype (default: the target's; lossless in any dtype).
         Pictures: --show-rounds prints each round of the first sample in colour (accepted drafts green, the
         rejected one red, the correction yellow or the bonus blue); --show-tree OUT.svg (EAGLE) draws the first
         round's tree with the target's probabilities on its edges and the accepted path highlighted.
@@ -184,7 +183,7 @@ class CLI:
 
         from specref import autoregressive, eagle_decode, sps
         from specref.checks import check_count, check_pair, check_request, check_run
-        from specref.cpu import fast_head_dtype, int4_layers, pack_linears, quantize_int4, should_pack
+        from specref.cpu import int4_layers, pack_linears, quantize_int4, should_pack
         from specref.formats.default_model import DEFAULT_TARGET, default_draft_dir, default_head_dir, resolve_target
         from specref.formats.eagle import place_head, read_head
         from specref.formats.files import check_output_file
@@ -290,8 +289,7 @@ class CLI:
         drf = load_draft(draft_dir, tgt) if draft_dir is not None else None
         head = None
         if head_read is not None:
-            chosen = getattr(torch, head_dtype) if head_dtype else fast_head_dtype(dev, tgt.dtype)
-            head = place_head(head_read, tgt, chosen)
+            head = place_head(head_read, tgt, getattr(torch, head_dtype) if head_dtype else None)
         if quantize:
             for model in (tgt, drf):
                 if model is not None:
