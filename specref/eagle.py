@@ -153,15 +153,15 @@ class EagleHead(nn.Module):
         over an EAGLE-3 head's own output vocabulary (B, q, Vd; see `logits`), for `tokens` (B, q) paired with
         `features` (B, q, F): target features, or the head's own g from the step before."""
         embed = self.embed_tokens or self.target.embed_tokens
-        e, features = embed(tokens).to(self.dtype), features.to(self.dtype)  # a head may run in its own dtype
+        e = embed(tokens).to(self.dtype)
         attn_mask = attention_mask(tokens, cache, mask)
         cos, sin = self.rotary(position_ids, e.dtype)
         if self.config.kind == "eagle":
-            x = self.fc(torch.cat([e, features], dim=-1))
+            x = self.fc(torch.cat([e, features.to(e.dtype)], dim=-1))  # target features into the head's dtype
             for i, layer in enumerate(self.layers):
                 x = layer(x, cos, sin, attn_mask, cache, i)
         else:
-            h = self.fuse(features) if features.shape[-1] != self.config.hidden else features
+            h = self.fuse(features.to(e.dtype)) if features.shape[-1] != self.config.hidden else features
             x = self.layers[0](e, h, cos, sin, attn_mask, cache, 0)
             for i, layer in enumerate(self.layers[1:], start=1):
                 x = layer(x, cos, sin, attn_mask, cache, i)

@@ -134,8 +134,8 @@ DRAFTER = [  # (draft given, eagle given, method) -> the method run, or the erro
     ({"method": "eagle", "eagle": True, "tree": "dynamic", "tree_top_k": 10}, "top_k 10 .* the head drafts from 9"),
     ({"method": None, "draft": True, "tree": "static", "depth": 3}, "--tree, --depth apply to EAGLE's tree and "
                                                                       "head, but the method here is sps"),
-    ({"method": "ar", "choices": "small"}, "--choices apply to EAGLE's tree and head, but the method here is ar"),
-    ({"method": "sps", "draft": True, "head_dtype": "bfloat16"}, "--head-dtype apply to EAGLE's tree and head, but"),
+    ({"method": "ar", "choices": "small"}, "--choices applies to EAGLE's tree and head, but the method here is ar"),
+    ({"method": "sps", "draft": True, "head_dtype": "bfloat16"}, "--head-dtype applies to EAGLE's tree and head, but"),
     ({"method": None, "eagle": True, "head_dtype": "int8"}, "--head-dtype must be one of float32, float64, bfloat16"),
     ({"method": None, "eagle": True, "head_dtype": "bfloat16"}, "eagle"),
 ]
@@ -522,6 +522,29 @@ def test_switch_values_and_integer_lists_are_strict(checkpoints):
     res = run_cli("the cat", "--target", str(target), "--draft", str(draft), "--greedy-draft=false", "--pack", "False",
                   "--max-new-tokens", "3", "--output", "json")
     assert res.returncode == 0, res.stderr
+
+
+def test_the_head_runs_in_the_dtype_asked_for(checkpoints, heads, monkeypatch):
+    """--head-dtype reaches the decoding loop (default: the target's dtype); bench refuses a bad one, and one
+    for groups without an EAGLE row, before any model work."""
+    import torch
+
+    from specref import eagle_decode
+    from specref.tools import bench
+
+    seen = []
+    monkeypatch.setattr(eagle_decode, "generate", lambda tgt, head, *_, **__: (seen.append(head.dtype),
+                                                                            pytest.fail("stop"))[1])
+    for dtype, expected in ((None, torch.float32), ("bfloat16", torch.bfloat16), ("float64", torch.float64)):
+        with pytest.raises(pytest.fail.Exception):
+            CLI().generate(target=str(checkpoints[0]), eagle=str(heads / "eagle3"), prompt_ids="3,4",
+                           max_new_tokens=4, head_dtype=dtype)
+        assert seen.pop() == expected
+    monkeypatch.setattr(bench, "bench", lambda *_, **__: pytest.fail("bench ran"))
+    for kwargs, needle in (({"head_dtype": "int8"}, "--head-dtype must be one of"),
+                           ({"head_dtype": "bfloat16", "groups": "sps"}, "--groups runs no EAGLE row")):
+        with pytest.raises(ValueError, match=needle):
+            CLI().bench(**kwargs)
 
 
 def test_show_rounds_and_show_tree(checkpoints, heads, tmp_path, capsys):

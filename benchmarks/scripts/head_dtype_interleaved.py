@@ -16,6 +16,8 @@ from specref.formats.prompts import encode, load_prompts
 from specref.logits import SamplingParams
 from specref.tree import device_tree
 
+if len(sys.argv) != 2:
+    sys.exit("usage: python benchmarks/scripts/head_dtype_interleaved.py OUT.json")
 target = load_model(default_target_dir())
 pack = should_pack()
 heads = {str(d).removeprefix("torch."): load_head(default_head_dir(), target, d)
@@ -24,6 +26,8 @@ if pack:
     for model in (target, *heads.values()):
         pack_linears(model)
 inputs = [encode(load_tokenizer(default_target_dir()), text) for text in load_prompts("heldout")[:4]]
+for head in heads.values():  # warm-up, untimed: the first turn would pay for allocations and oneDNN's set-up
+    generate(target, head, inputs[0], tree=device_tree("cpu", SamplingParams(0.0), packed=pack), max_new_tokens=16)
 results = {}
 for temperature in (0.0, 1.0):
     params = SamplingParams(temperature)

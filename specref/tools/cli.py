@@ -214,8 +214,9 @@ class CLI:
                       "--tree-top-k": tree_top_k is not None, "--head-dtype": head_dtype is not None}
         given = [flag for flag, set_ in tree_flags.items() if set_]
         if method != "eagle" and given:
-            raise ValueError(f"{', '.join(given)} apply to EAGLE's tree and head, but the method here is {method}: add "
-                             "--method eagle or leave them out")
+            verb = "apply" if len(given) > 1 else "applies"
+            raise ValueError(f"{', '.join(given)} {verb} to EAGLE's tree and head, but the method here is {method}: "
+                             "add --method eagle or leave them out")
         if gamma is None:  # as the trees: rows past the third cost real time with unpacked CPU products
             gamma = 1 if dev.type == "cpu" and not pack else 3
         check_count("gamma", gamma)
@@ -223,7 +224,7 @@ class CLI:
         check_run(max_new_tokens, seed)
         if output not in ("text", "json"):
             raise ValueError(f"--output must be text or json, got {output!r}")
-        for flag, value in (("--dtype", dtype), ("--head-dtype", head_dtype or dtype)):
+        for flag, value in (("--dtype", dtype), ("--head-dtype", dtype if head_dtype is None else head_dtype)):
             if value not in DTYPES:
                 raise ValueError(f"{flag} must be one of {', '.join(DTYPES)}, got {value!r}")
         if quantize not in (None, "int4"):
@@ -369,6 +370,8 @@ class CLI:
             check_int4_run("--groups int4", dev, "float32")
         if head_dtype is not None and head_dtype not in DTYPES:
             raise ValueError(f"--head-dtype must be one of {', '.join(DTYPES)}, got {head_dtype!r}")
+        if head_dtype is not None and not {"eagle", "int4"} & set(group_list):
+            raise ValueError("--head-dtype sets the EAGLE head's dtype, but --groups runs no EAGLE row (eagle, int4)")
         if plot is not None:
             from specref.tools.plots import check_plot_path
 
