@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,12 @@ def resolve_device(device: str) -> Any:
     return dev
 
 
+def check_one_of(flag: str, value: object, choices: Collection[str]) -> None:
+    """Refuse a flag's value that is not among `choices`, naming them."""
+    if value not in choices:
+        raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def check_int4_run(flag: str, device: Any, dtype: str) -> None:
     """4-bit weights need PyTorch's CPU int4 kernel and the float32 weights it quantizes."""
     from specref.cpu import check_int4_kernel
@@ -120,8 +127,8 @@ def check_int4_run(flag: str, device: Any, dtype: str) -> None:
 
 def choose_method(method: str | None, draft: str | None, eagle: str | None, default_pair: bool) -> str:
     """--method, or the one the given drafter implies: a strict CLI never ignores a --draft or an --eagle."""
-    if method is not None and method not in METHODS:
-        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method is not None:
+        check_one_of("--method", method, METHODS)
     if draft is not None and eagle is not None:
         raise ValueError("give --draft (SpS) or --eagle (EAGLE), not both")
     if method is None:
@@ -224,9 +231,9 @@ class CLI:
         check_run(max_new_tokens, seed)
         if output not in ("text", "json"):
             raise ValueError(f"--output must be text or json, got {output!r}")
-        for flag, value in (("--dtype", dtype), ("--head-dtype", dtype if head_dtype is None else head_dtype)):
-            if value not in DTYPES:
-                raise ValueError(f"{flag} must be one of {', '.join(DTYPES)}, got {value!r}")
+        check_one_of("--dtype", dtype, DTYPES)
+        if head_dtype is not None:
+            check_one_of("--head-dtype", head_dtype, DTYPES)
         if quantize not in (None, "int4"):
             raise ValueError(f"--quantize must be int4 (or left out for full-precision weights), got {quantize!r}")
         if quantize:
@@ -368,10 +375,11 @@ class CLI:
             raise ValueError(f"--groups must be among {','.join(GROUPS)}, got {groups!r}")
         if "int4" in group_list:
             check_int4_run("--groups int4", dev, "float32")
-        if head_dtype is not None and head_dtype not in DTYPES:
-            raise ValueError(f"--head-dtype must be one of {', '.join(DTYPES)}, got {head_dtype!r}")
-        if head_dtype is not None and not {"eagle", "int4"} & set(group_list):
-            raise ValueError("--head-dtype sets the EAGLE head's dtype, but --groups runs no EAGLE row (eagle, int4)")
+        if head_dtype is not None:
+            check_one_of("--head-dtype", head_dtype, DTYPES)
+            if not {"eagle", "int4"} & set(group_list):
+                raise ValueError("--head-dtype sets the EAGLE head's dtype, but --groups runs no EAGLE row "
+                                 "(eagle, int4)")
         if plot is not None:
             from specref.tools.plots import check_plot_path
 
@@ -463,10 +471,9 @@ class CLI:
         (default: the source's); --overwrite replaces a non-empty --output. Nothing is left behind on failure."""
         from specref.api.speculator import ALGORITHMS, DTYPES, Speculator
 
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
-        if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        check_one_of("--algorithm", algorithm, ALGORITHMS)
+        if dtype is not None:
+            check_one_of("--dtype", dtype, DTYPES)
         out = Path(output)
         if out.is_file():
             raise ValueError(f"--output {output} is a file; name a directory")
