@@ -49,30 +49,20 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "tree", "params"), CASES)
-def test_eagle_sampling_matches_exact_law(target, kind, tree, params):
-    head = head_for(target, kind, scale=0.5 if tree.children == "sampled" else 3.0)  # flat q: varied draws
-    out = generate_eagle(target, head, PROMPT, tree=tree, max_new_tokens=LENGTH, params=params, seed=7,
-                         num_samples=N)
-    assert all(len(s) == LENGTH for s in out.token_ids)
-    assert out.stats.accepted > 0, "the test must exercise accepted tree paths"
-    law = exact_law(target, PROMPT, LENGTH, params)
-    pvalue = g_test(out.token_ids, law, LENGTH)
-    assert pvalue > ALPHA_TEST, f"G-test p = {pvalue:.3g}, TV = {total_variation(out.token_ids, law, LENGTH):.4f}"
-
-
-@pytest.mark.parametrize(("kind", "tree", "params"), [
-    ("eagle", SMALL_DYNAMIC, SamplingParams(1.0)),
+BFLOAT16_CASES = [  # a head in bfloat16 beside the float32 target (`--head-dtype bfloat16`): rounded drafts and q
+    ("eagle", SMALL_DYNAMIC, SamplingParams(1.0)),  # EAGLE-1 drafts with the target's own float32 output layer
     ("eagle3", device_tree("cpu", SamplingParams(1.0)), SamplingParams(1.0)),  # sampled children, q from bf16 logits
-])
-def test_a_bfloat16_head_keeps_the_exact_law(target, kind, tree, params):
-    """A head in bfloat16 beside a float32 target (`--head-dtype bfloat16`): its rounded drafts and q must still
-    give exactly the target's law (an EAGLE-1 head drafts with the target's own float32 output layer)."""
-    head = head_for(target, kind, scale=0.5 if tree.children == "sampled" else 3.0).to(torch.bfloat16)
+]
+
+
+@pytest.mark.parametrize(("kind", "tree", "params", "dtype"),
+                         [(*c, torch.float32) for c in CASES] + [(*c, torch.bfloat16) for c in BFLOAT16_CASES])
+def test_eagle_sampling_matches_exact_law(target, kind, tree, params, dtype):
+    head = head_for(target, kind, scale=0.5 if tree.children == "sampled" else 3.0).to(dtype)  # flat q: varied draws
     out = generate_eagle(target, head, PROMPT, tree=tree, max_new_tokens=LENGTH, params=params, seed=7,
                          num_samples=N)
-    assert head.dtype == torch.bfloat16 and all(len(s) == LENGTH for s in out.token_ids)
-    assert out.stats.accepted > 0
+    assert head.dtype == dtype and all(len(s) == LENGTH for s in out.token_ids)
+    assert out.stats.accepted > 0, "the test must exercise accepted tree paths"
     law = exact_law(target, PROMPT, LENGTH, params)
     pvalue = g_test(out.token_ids, law, LENGTH)
     assert pvalue > ALPHA_TEST, f"G-test p = {pvalue:.3g}, TV = {total_variation(out.token_ids, law, LENGTH):.4f}"
