@@ -437,7 +437,7 @@ class CLI:
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 1200,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
-                    val_prompts: int | None = None, weight_decay: float = 0.0) -> None:
+                    val_prompts: int | None = None, weight_decay: float = 0.0, feature_loss: float = 0.0) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
@@ -445,20 +445,24 @@ class CLI:
         --val-prompts N: as for train-draft, a validation loss after every epoch on the answers to the last N
         training prompts (default: a twentieth of them, 60 of the default --train-prompts 1200).
         --weight-decay W: AdamW's decoupled weight decay on the head's matrices (default 0, as the shipped head).
+        --feature-loss W: adds EAGLE-1's feature regression, weight W, to every unrolled step (default 0, as the
+        shipped head): the head's output learns the target feature it stands in for one step deeper.
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle
 
         tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # evaluated on the CPU
-        if not (isinstance(weight_decay, int | float) and 0 <= weight_decay < float("inf")):
-            raise ValueError(f"--weight-decay must be >= 0 and finite, got {weight_decay!r}")
+        for flag, value in (("--weight-decay", weight_decay), ("--feature-loss", feature_loss)):
+            if not (isinstance(value, int | float) and 0 <= value < float("inf")):
+                raise ValueError(f"{flag} must be >= 0 and finite, got {value!r}")
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, unroll=unroll, seed=seed,
                        train_prompts=train_prompts, lr=lr, val_prompts=val_prompts)
         result = train_eagle(out, target=target, work_dir=work_dir, kind=kind, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
-                             tree=tree_spec, bf16=bf16, val_prompts=val_prompts, weight_decay=weight_decay)
+                             tree=tree_spec, bf16=bf16, val_prompts=val_prompts, weight_decay=weight_decay,
+                             feature_loss=feature_loss)
         print(json.dumps(result, indent=2))
 
 

@@ -6,7 +6,9 @@ learns the pair (f_j, x_{j+1}) -> the target's top-K law of x_{j+2} on answer po
 2024; the token-level loss only, as EAGLE-3 uses), unrolled as it is used in a tree: step s reads x_{j+s}
 with the head's own output from step s-1 in place of a target feature and predicts x_{j+s+1}, attending to
 the real-feature rows before j and its own chain (EAGLE-3's training-time test). The loss of step s is
-weighted 0.8^(s-1). The default
+weighted 0.8^(s-1). `feature_loss` w > 0 adds EAGLE-1's feature regression to each step: w times the smooth-L1
+distance between the head's g of step s and what it stands in for at step s + 1, the target's feature at j+s
+(EAGLE-3: fused by the head's fc, held fixed), so that deeper steps read inputs like the first. The default
 is an EAGLE-3 head (arXiv 2503.01840) over the target's layers (2, L//2, L-3) with a reduced output
 vocabulary: on a CPU every tree level runs the head's output layer over the whole frontier, and the full
 49,152-row head of SmolLM2 would cost a fifth of a target step each time. It is evaluated by tau (tokens per
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from specref import eagle_decode
@@ -84,7 +87,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
                 train_prompts: int | None = 1200, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None,
-                weight_decay: float = 0.0) -> dict[str, Any]:
+                weight_decay: float = 0.0, feature_loss: float = 0.0) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
@@ -115,7 +118,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
         t = max(len(r[0]) for r in rows) - 1
         tokens, ids = pad([r[0] for r in rows], width=t + unroll), pad([r[1] for r in rows], width=t + unroll)
         logp = pad([r[2] for r in rows], -30.0, width=t + unroll)
-        hidden = pad([r[4][:-1].float() for r in rows])
+        feats = pad([r[4].float() for r in rows], width=t + unroll)  # f_j at every position j
+        hidden = feats[:, :t]
         cache, causal = UnrollCache(head.config.layer.num_hidden_layers), torch.ones(t, t, dtype=torch.bool).tril()
         pos, total = torch.arange(t).expand(len(rows), t), torch.zeros(())
         for s in range(1, unroll + 1):
@@ -129,12 +133,18 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
             everywhere = torch.ones(1, len(g), dtype=torch.bool)
             loss = distill_loss(logits[None], ids[:, s : s + t][valid][None], logp[:, s : s + t][valid][None],
                                 everywhere, t2d)
+            if feature_loss:
+                with torch.no_grad():  # the regression's target: the head's input at j+s had it read the target
+                    want = feats[:, s : s + t][valid]
+                    want = head.fuse(want) if kind == "eagle3" else want
+                loss = loss + feature_loss * F.smooth_l1_loss(g.float(), want.float())
             total = total + DECAY ** (s - 1) * loss
         return total
 
     settings = {"kind": kind, "vocab": vocab, "unroll": unroll, "epochs": epochs, "lr": lr,
                 "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data),
-                **({"val_prompts": val_prompts} if val_prompts else {})}
+                **({"val_prompts": val_prompts} if val_prompts else {}),
+                **({"feature_loss": feature_loss} if feature_loss else {})}  # older states resume without it
     losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
                                     desc="head learns", bf16=bf16, val=val, weight_decay=weight_decay)
@@ -151,7 +161,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
               "train_sequences": len(data), "steps": steps, "epochs": epochs, "lr": lr,
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16, "samples_per_prompt": samples,
-              "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "weight_decay": weight_decay}
+              "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "weight_decay": weight_decay,
+              "feature_loss": feature_loss}
     save_head(head, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
