@@ -80,6 +80,23 @@ def test_greedy_eagle_equals_greedy_ar(target, kind, tree, seed, prompt, max_new
 
 
 @torch.inference_mode()
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+def test_a_bfloat16_heads_logits_come_back_in_float32_unchanged(target, kind):
+    """Ranking and sampling read a bfloat16 head's logits in float32 or wider: promoted, never re-rounded."""
+    head = head_for(target, kind, seed=4).to(torch.bfloat16)
+    g, logits = head(torch.tensor([[1, 2]]), torch.randn(1, 2, head.target.config.hidden_size * (
+        3 if kind == "eagle3" else 1)), torch.arange(2)[None])
+    own = head.logits(g, draft_vocab=True)
+    wide = torch.float32 if kind == "eagle3" else target.dtype  # (this test's target is float64)
+    assert g.dtype == torch.bfloat16 and logits.dtype == own.dtype == wide
+    if kind == "eagle3":  # its own output layer runs in bfloat16; the promotion is exact
+        assert torch.equal(own, head.lm_head(head.norm(g)).float())
+        assert torch.equal(logits[..., head.vocab_ids], own)
+    else:  # EAGLE-1 drafts with the target's own output layer, in the target's dtype
+        assert torch.equal(own, target.logits(g.to(target.dtype)))
+
+
+@torch.inference_mode()
 def test_target_kv_after_tree_rounds_equals_recompute(target):
     """Every cached tree forward of a long sampled run equals a no-cache recompute of each node's path."""
     t = copy.deepcopy(target)
