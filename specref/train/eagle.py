@@ -118,8 +118,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
         t = max(len(r[0]) for r in rows) - 1
         tokens, ids = pad([r[0] for r in rows], width=t + unroll), pad([r[1] for r in rows], width=t + unroll)
         logp = pad([r[2] for r in rows], -30.0, width=t + unroll)
-        feats = pad([r[4].float() for r in rows], width=t + unroll)  # f_j at every position j
-        hidden = feats[:, :t]
+        hidden = pad([r[4][:-1].float() for r in rows])
+        feats = pad([r[4].float() for r in rows], width=t + unroll) if feature_loss else None  # f_j, every j
         cache, causal = UnrollCache(head.config.layer.num_hidden_layers), torch.ones(t, t, dtype=torch.bool).tril()
         pos, total = torch.arange(t).expand(len(rows), t), torch.zeros(())
         for s in range(1, unroll + 1):
