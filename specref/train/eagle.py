@@ -119,7 +119,10 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
         tokens, ids = pad([r[0] for r in rows], width=t + unroll), pad([r[1] for r in rows], width=t + unroll)
         logp = pad([r[2] for r in rows], -30.0, width=t + unroll)
         hidden = pad([r[4][:-1].float() for r in rows])
-        feats = pad([r[4].float() for r in rows], width=t + unroll) if feature_loss else None  # f_j, every j
+        if feature_loss:  # the regression's targets, once a batch: what a step reads at j had the target run there
+            with torch.no_grad():
+                feats = pad([r[4].float() for r in rows], width=t + unroll)
+                want = head.fuse(feats) if kind == "eagle3" else feats
         cache, causal = UnrollCache(head.config.layer.num_hidden_layers), torch.ones(t, t, dtype=torch.bool).tril()
         pos, total = torch.arange(t).expand(len(rows), t), torch.zeros(())
         for s in range(1, unroll + 1):
@@ -133,11 +136,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
             everywhere = torch.ones(1, len(g), dtype=torch.bool)
             loss = distill_loss(logits[None], ids[:, s : s + t][valid][None], logp[:, s : s + t][valid][None],
                                 everywhere, t2d)
-            if feature_loss:
-                with torch.no_grad():  # the regression's target: the head's input at j+s had it read the target
-                    want = feats[:, s : s + t][valid]
-                    want = head.fuse(want) if kind == "eagle3" else want
-                loss = loss + feature_loss * F.smooth_l1_loss(g.float(), want.float())
+            if feature_loss:  # g of step s stands in for the input at j+s
+                loss = loss + feature_loss * F.smooth_l1_loss(g.float(), want[:, s : s + t][valid].float())
             total = total + DECAY ** (s - 1) * loss
         return total
 
