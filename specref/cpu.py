@@ -3,7 +3,8 @@
 Decoding one sequence is a chain of matrix-vector products, so its speed is how fast weights stream from
 memory. On the 2-core AMD EPYC machine of the README's table, PyTorch's default fp32 CPU path reads weights
 at ~11 GB/s, while oneDNN on prepacked ("reordered") weights reaches ~20 GB/s, and its cost stays nearly flat
-from 1 to 8 rows: the rows a speculative verification adds are almost free. On the 2-thread Intel Xeon VM it is
+from 1 to 8 rows: the rows a speculative verification adds are almost free (on an AVX2-only Zen 3, 6 rows cost
+1.35 one-row steps). On the 2-thread Intel Xeon VM it is
 the other way round for few rows: PyTorch's default product (Intel MKL's) ran a one-token step in 44.7 ms
 against 58.5 ms packed, and 3 rows in 51.3 ms, though 4 rows jump to 71.2 ms (packed: 62.2). `packing_pays` encodes
 that as a fixed rule. The product is the same, only the summation order differs (relative differences ~1e-6).
@@ -67,14 +68,22 @@ def is_packed(model: nn.Module) -> bool:
     return any(isinstance(m, PackedLinear) for m in model.modules())
 
 
+def onednn_bf16() -> bool:
+    """Whether oneDNN can multiply bf16 weights on this CPU (a function, so that tests can say no)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def pack_linears(model: nn.Module) -> int:
     """Swap every `nn.Linear` of a CPU fp32/bf16 model for a `PackedLinear`; return how many were swapped.
 
-    A no-op (returning 0) on other devices and dtypes, or where PyTorch was built without oneDNN.
+    A no-op (returning 0) on other devices and dtypes, where PyTorch was built without oneDNN, and for bf16 where
+    oneDNN has no bf16 path on this CPU (it needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT; an AVX2-only AMD EPYC
+    refused to reorder the weights): PyTorch's default product runs those.
     """
     weight = next(model.parameters())
     if (weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16)
-            or not torch.backends.mkldnn.is_available()):
+            or not torch.backends.mkldnn.is_available()
+            or (weight.dtype == torch.bfloat16 and not onednn_bf16())):
         return 0
     swapped = 0
     for module in list(model.modules()):

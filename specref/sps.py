@@ -36,6 +36,18 @@ from specref.seeds import streams
 from specref.sequences import Sequences, Stream
 from specref.stats import Generation, Round, Stats, Trace
 
+# Default drafts per round by device. CPU: with the shipped draft (alpha ~0.35, c ~0.07-0.09) gamma = 1 was the
+# fastest in 4 of the 6 comparisons (T = 0 and 1) of the three AMD benchmark runs, 1.13x specref AR on average
+# against 1.09x for gamma = 2 and 1.08x for 3 (README, "Speed levers"), though tau / (gamma c + 1) puts 2 ahead by
+# 2-4%: each drafted position adds per-round work, and on Zen 3 the target's cost grew from 2 to 3 rows. CUDA's (3,
+# the former default) is unmeasured.
+DEVICE_GAMMAS = {"cpu": 1, "cuda": 3}
+
+
+def device_gamma(device_type: str) -> int:
+    """The default gamma of a device type (`DEVICE_GAMMAS`; types not listed take CUDA's)."""
+    return DEVICE_GAMMAS.get(device_type, DEVICE_GAMMAS["cuda"])
+
 
 def propose(logits: Tensor, params: SamplingParams, greedy_draft: bool,
             generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ from conftest import tiny_config
 
 from specref import SamplingParams, generate_ar, generate_sps, load_model, load_tokenizer, random_model, save_model
 from specref.formats.hf import read_config
+from specref.sps import DEVICE_GAMMAS
 from specref.tools.cli import CLI, METHODS, choose_method
 
 WORDS = ["<unk>", "<s>", "</s>", "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "and", "then"]
@@ -325,6 +326,17 @@ def test_default_tree_follows_the_cpu_product(checkpoints, heads):
                       "--method", "eagle", "--eagle", str(heads / "eagle3"), flag)
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout)["stats"]["tree_size"] == size
+
+
+def test_sps_drafts_the_devices_default_gamma(checkpoints, capsys):
+    # without --gamma, SpS drafts `sps.DEVICE_GAMMAS`'s count a round, packed or not; --gamma overrides it
+    target, draft = checkpoints
+    for pack, gamma in ((True, None), (False, None), (True, 3)):
+        CLI().generate(prompt_ids=(3, 4, 5), target=str(target), draft=str(draft), max_new_tokens=8, pack=pack,
+                       gamma=gamma, output="json")
+        stats = json.loads(capsys.readouterr().out)["stats"]
+        drafts = gamma or DEVICE_GAMMAS["cpu"]
+        assert len(stats["position_acceptance"]) == drafts and stats["draft_calls"] == drafts * stats["target_calls"]
 
 
 EAGLE_BAD = [

@@ -70,11 +70,12 @@ def test_weight_decay_shrinks_matrices_only(tmp_path, checkpoints):  # noqa: F81
 @pytest.mark.parametrize("kind", ["eagle", "eagle3"])
 def test_feature_loss_pulls_the_heads_output_toward_the_next_feature(tmp_path, checkpoints, kind):  # noqa: F811
     # The regression's claim: g of step 1 at j comes nearer what step 2 reads in its place had the target run, the
-    # feature at j+1 (EAGLE-3: fused by fc). Measured on the training text, against the same run without it.
+    # feature at j+1 (EAGLE-3: fused by fc, both at unit RMS). Measured on the training text, against the same run
+    # without it; the bounds fail for a target one position early (the feature the step read) in either kind.
     from specref.train.distill import load_examples
 
     target = load_model(checkpoints[0])
-    distance = {}
+    distance, off_by_one, scale = {}, {}, {}
     for w in (0.0, 100.0):
         out = tmp_path / f"w{w:g}"
         train_eagle(str(out), target=str(checkpoints[0]), work_dir=str(tmp_path / f"work{w:g}"), kind=kind,
@@ -85,14 +86,23 @@ def test_feature_loss_pulls_the_heads_output_toward_the_next_feature(tmp_path, c
         labels = [f.with_name(f.name.replace("data_", "labels_")) for f in files]
         rows = load_examples(files, labels, feature_layers=head.target_layers or ())
         with torch.no_grad():
-            d = []
+            d, e, size = [], [], []
             for tokens, _, _, start, f in rows:
                 f = f.float()[None]
                 g, _ = head(tokens[None, 1:], f[:, :-1], torch.arange(len(tokens) - 1)[None], return_logits=False)
-                want = head.fuse(f[:, 1:]) if kind == "eagle3" else f[:, 1:]
-                d.append(torch.nn.functional.smooth_l1_loss(g[0, start:-1], want[0, start:-1]))
-        distance[w] = float(torch.stack(d).mean())
-    assert distance[100.0] < 0.8 * distance[0.0], distance
+                fused = head.fuse(f) if kind == "eagle3" else f
+                size.append(fused.abs().mean())
+                if kind == "eagle3":  # as the loss compares them
+                    g, fused = (torch.nn.functional.rms_norm(x, x.shape[-1:]) for x in (g, fused))
+                d.append(torch.nn.functional.smooth_l1_loss(g[0, start:-1], fused[0, start + 1 : -1]))
+                e.append(torch.nn.functional.smooth_l1_loss(g[0, start:-1], fused[0, start:-2]))  # the feature at j
+        distance[w], off_by_one[w] = float(torch.stack(d).mean()), float(torch.stack(e).mean())
+        scale[w] = float(torch.stack(size).mean())
+    if kind == "eagle":  # measured: 0.43 -> 0.17 (0.39 for a target at j), and nearer j+1 than j (0.38)
+        assert distance[100.0] < 0.8 * distance[0.0] and distance[100.0] < 0.8 * off_by_one[100.0], distance
+    else:  # measured: 0.36 -> 0.048 (0.105 for a target at j); the fused features keep their size (6.9 -> 9.4;
+        # compared unscaled, fc shrank them to 2.6: the RMSNorm before the output layer makes that free)
+        assert distance[100.0] < 0.2 * distance[0.0] and scale[100.0] > 0.5 * scale[0.0], (distance, scale)
 
 
 @pytest.mark.parametrize(("flag", "value"), [("weight_decay", -0.1), ("feature_loss", float("nan")),

@@ -162,12 +162,12 @@ class CLI:
         --draft model (SpS).
 
         Without --target the embedded default pair runs: SmolLM2-135M-Instruct, drafted by its shipped EAGLE-3
-        head (in fp32 the fastest method on every CPU measured; with --quantize int4, --method ar is faster) or,
-        with --method sps, by its shipped draft model.
+        head (in fp32 the fastest method at T = 0 on every CPU measured; with --quantize int4, --method ar is
+        faster) or, with --method sps, by its shipped draft model.
         --method ar|sps|eagle (default: eagle with --eagle or the default target, sps with --draft); --gamma
-        (SpS): drafts per round (default 3; 1 with PyTorch's default CPU products, see --pack, where verifying 4
-        rows costs ~1.6 one-token steps and 2 rows ~1.1: fastest on the Intel Xeon measured); --temperature 0 is
-        greedy; --top-k 0 and --top-p 1 disable the filters; --num-samples N draws N independent continuations;
+        (SpS): drafts per round (default `specref/sps.py::DEVICE_GAMMAS`: 1 on the CPU, the fastest measured with the
+        shipped draft; 3 on CUDA); --temperature 0 is greedy; --top-k 0 and --top-p 1 disable the filters;
+        --num-samples N draws N independent continuations;
         --output text|json; --raw skips the chat template; --greedy-draft (SpS): the draft proposes its argmax
         (verified with a one-hot q: lossless); --pack/--nopack: oneDNN's packed CPU matrix
         products or PyTorch's default ones (default: packed, except on Intel CPUs with MKL, whose default product
@@ -224,8 +224,8 @@ class CLI:
             verb = "apply" if len(given) > 1 else "applies"
             raise ValueError(f"{', '.join(given)} {verb} to EAGLE's tree and head, but the method here is {method}: "
                              "add --method eagle or leave them out")
-        if gamma is None:  # as the trees: rows past the third cost real time with unpacked CPU products
-            gamma = 1 if dev.type == "cpu" and not pack else 3
+        if gamma is None:
+            gamma = sps.device_gamma(dev.type)
         check_count("gamma", gamma)
         check_count("num_samples", num_samples)
         check_run(max_new_tokens, seed)

@@ -8,7 +8,8 @@ with the head's own output from step s-1 in place of a target feature and predic
 the real-feature rows before j and its own chain (EAGLE-3's training-time test). The loss of step s is
 weighted 0.8^(s-1). `feature_loss` w > 0 adds EAGLE-1's feature regression to each step: w times the smooth-L1
 distance between the head's g of step s and what it stands in for at step s + 1, the target's feature at j+s
-(EAGLE-3: fused by the head's fc, held fixed), so that deeper steps read inputs like the first. The default
+(EAGLE-3: fused by the head's fc and held fixed; the two compared at unit RMS, since fc is trained and could
+shrink both), so that deeper steps read inputs like the first. The default
 is an EAGLE-3 head (arXiv 2503.01840) over the target's layers (2, L//2, L-3) with a reduced output
 vocabulary: on a CPU every tree level runs the head's output layer over the whole frontier, and the full
 49,152-row head of SmolLM2 would cost a fifth of a target step each time. It is evaluated by tau (tokens per
@@ -137,14 +138,19 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
             loss = distill_loss(logits[None], ids[:, s : s + t][valid][None], logp[:, s : s + t][valid][None],
                                 everywhere, t2d)
             if feature_loss:  # g of step s stands in for the input at j+s
-                loss = loss + feature_loss * F.smooth_l1_loss(g.float(), want[:, s : s + t][valid].float())
+                g_s, want_s = g.float(), want[:, s : s + t][valid].float()
+                if kind == "eagle3":  # fc scales the target too: shrinking it would pay, so compare at unit RMS
+                    g_s, want_s = F.rms_norm(g_s, g_s.shape[-1:]), F.rms_norm(want_s, want_s.shape[-1:])
+                loss = loss + feature_loss * F.smooth_l1_loss(g_s, want_s)
             total = total + DECAY ** (s - 1) * loss
         return total
 
     settings = {"kind": kind, "vocab": vocab, "unroll": unroll, "epochs": epochs, "lr": lr,
                 "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data),
                 **({"val_prompts": val_prompts} if val_prompts else {}),
-                **({"feature_loss": feature_loss} if feature_loss else {})}  # older states resume without it
+                # without the regression, states of older versions resume; one of its earlier unscaled EAGLE-3
+                # form (no unit_rms key) is refused, not continued under another loss
+                **({"feature_loss": feature_loss, "feature_loss_unit_rms": kind == "eagle3"} if feature_loss else {})}
     losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
                                     desc="head learns", bf16=bf16, val=val, weight_decay=weight_decay)
