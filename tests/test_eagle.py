@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from conftest import ALPHA_TEST, exact_law, g_test, tiny_target, total_variation
+from conftest import ALPHA_TEST, exact_law, g_test, tiny_config, tiny_target, total_variation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specref import SamplingParams, generate_ar
+from specref import SamplingParams, generate_ar, random_model
 from specref.eagle import random_head
 from specref.eagle_decode import generate as generate_eagle
 from specref.formats.eagle import load_head, save_head
@@ -94,6 +94,16 @@ def test_a_bfloat16_heads_logits_come_back_in_float32_unchanged(target, kind):
         assert torch.equal(logits[..., head.vocab_ids], own)
     else:  # EAGLE-1 drafts with the target's own output layer, in the target's dtype
         assert torch.equal(own, target.logits(g.to(target.dtype)))
+
+
+def test_bf16_weights_stay_unpacked_where_onednn_has_no_bf16_path(monkeypatch):
+    # an AVX2-only CPU: oneDNN refused to reorder bf16 weights (`--head-dtype bfloat16` crashed there)
+    from specref import cpu
+
+    monkeypatch.setattr(cpu, "onednn_bf16", lambda: False)
+    model = random_model(tiny_config(8, hidden=32), seed=3).to(torch.bfloat16)
+    assert cpu.pack_linears(model) == 0 and not cpu.is_packed(model)
+    assert cpu.pack_linears(model.float()) > 0  # fp32 weights still pack
 
 
 @torch.inference_mode()

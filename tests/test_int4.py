@@ -253,16 +253,3 @@ def test_a_packed_head_is_not_saved_half_empty(tmp_path):
     with pytest.raises(ValueError, match=r"fc is a PackedLinear\); save it before pack_linears"):
         save_head(head, tmp_path / "head")
     assert not (tmp_path / "head").exists()
-
-
-def test_bf16_weights_stay_unpacked_where_onednn_has_no_bf16_path(monkeypatch):
-    # an AVX2-only CPU: oneDNN refuses to reorder bf16 weights, so `--head-dtype bfloat16` must run unpacked
-    from specref import cpu
-
-    monkeypatch.setattr(cpu, "onednn_bf16", lambda: False)
-    model = random_model(tiny_config(8, hidden=32), seed=3)
-    ids, positions = torch.tensor([[1, 2, 3]]), torch.arange(3)[None]
-    want = model.to(torch.bfloat16)(ids, positions).logits
-    assert cpu.pack_linears(model) == 0 and not cpu.is_packed(model)
-    assert torch.equal(model(ids, positions).logits, want)
-    assert cpu.pack_linears(model.float()) > 0  # fp32 weights still pack
