@@ -1,13 +1,13 @@
 """Faster linear layers for CPU decoding: oneDNN matrix products on weights packed once, and 4-bit weights.
 
 Decoding one sequence is a chain of matrix-vector products, so its speed is how fast weights stream from
-memory. On the 2-core AMD EPYC machine of the README's table, PyTorch's default fp32 CPU path reads weights
-at ~11 GB/s, while oneDNN on prepacked ("reordered") weights reaches ~20 GB/s, and its cost stays nearly flat
-from 1 to 8 rows: the rows a speculative verification adds are almost free (on an AVX2-only Zen 3, 6 rows cost
-1.35 one-row steps). On the 2-thread Intel Xeon VM it is
-the other way round for few rows: PyTorch's default product (Intel MKL's) ran a one-token step in 44.7 ms
-against 58.5 ms packed, and 3 rows in 51.3 ms, though 4 rows jump to 71.2 ms (packed: 62.2). `packing_pays` encodes
-that as a fixed rule. The product is the same, only the summation order differs (relative differences ~1e-6).
+memory. On the 2-core AMD EPYC machine of the README's table, PyTorch's default fp32 CPU path reads weights at ~11
+GB/s, while oneDNN on prepacked ("reordered") weights reaches ~20 GB/s, and its cost stays nearly flat from 1 to 8
+rows: the rows a speculative verification adds are almost free (on an AVX2-only Zen 3, 6 rows cost 1.35 one-row
+steps). On the 2-thread Intel Xeon VM it is the other way round for few rows: PyTorch's default product (Intel
+MKL's) ran a one-token step in 44.7 ms against 58.5 ms packed, and 3 rows in 51.3 ms, though 4 rows jump to 71.2 ms
+(packed: 62.2). `packing_pays` encodes that as a fixed rule. The product is the same, only the summation order
+differs (relative differences ~1e-6).
 
 A 4-bit target (`quantize_int4`) reads an eighth of the bytes, but it is a different model: see `Int4Linear`.
 """

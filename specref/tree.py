@@ -227,10 +227,9 @@ SAMPLING_TREES = {"cpu": TreeSpec("static", FORK_CHOICES, children="sampled"),
 
 def device_tree(device_type: str, params: SamplingParams | None = None, *, packed: bool = True) -> TreeSpec:
     """The default tree of a device type for decoding with `params` (default greedy): its sampled tree at T > 0
-    where one was measured, else its dynamic tree; types without measured trees get the CPU's. `packed`: whether
-    a CPU target's products are oneDNN-packed (`cpu.pack_linears`), whose cost stays flat to 8 rows on AVX-512
-    CPUs (AVX2 Zen 3: +35% at 6 rows); without,
-    the CPU's trees are the small "cpu-unpacked" ones."""
+    where one was measured, else its dynamic tree; types without measured trees get the CPU's. `packed`: whether a
+    CPU target's products are oneDNN-packed (`cpu.pack_linears`), whose cost stays flat to 8 rows on AVX-512 CPUs
+    (AVX2 Zen 3: +35% at 6 rows); without, the CPU's trees are the small "cpu-unpacked" ones."""
     kind = "cpu-unpacked" if device_type == "cpu" and not packed else device_type
     measured = kind if kind in DEVICE_TREES else "cpu"
     if params is not None and not params.greedy and measured in SAMPLING_TREES:

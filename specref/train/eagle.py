@@ -8,12 +8,12 @@ with the head's own output from step s-1 in place of a target feature and predic
 the real-feature rows before j and its own chain (EAGLE-3's training-time test). The loss of step s is
 weighted 0.8^(s-1). `feature_loss` w > 0 adds EAGLE-1's feature regression to each step: w times the smooth-L1
 distance between the head's g of step s and what it stands in for at step s + 1, the target's feature at j+s
-(EAGLE-3: fused by the head's fc and held fixed; the two compared at unit RMS, since fc is trained and could
-shrink both), so that deeper steps read inputs like the first. The default
-is an EAGLE-3 head (arXiv 2503.01840) over the target's layers (2, L//2, L-3) with a reduced output
-vocabulary: on a CPU every tree level runs the head's output layer over the whole frontier, and the full
-49,152-row head of SmolLM2 would cost a fifth of a target step each time. It is evaluated by tau (tokens per
-target call) of greedy EAGLE decoding with the CPU's default tree on the held-out prompts, and saved in bf16.
+(EAGLE-3: fused by the head's fc and held fixed; the two compared at unit RMS, since fc is trained and could shrink
+both), so that deeper steps read inputs like the first. The default is an EAGLE-3 head (arXiv 2503.01840) over the
+target's layers (2, L//2, L-3) with a reduced output vocabulary: on a CPU every tree level runs the head's output
+layer over the whole frontier, and the full 49,152-row head of SmolLM2 would cost a fifth of a target step each
+time. It is evaluated by tau (tokens per target call) of greedy EAGLE decoding with the CPU's default tree on the
+held-out prompts, and saved in bf16.
 """
 
 from __future__ import annotations
