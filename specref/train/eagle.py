@@ -148,8 +148,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     settings = {"kind": kind, "vocab": vocab, "unroll": unroll, "epochs": epochs, "lr": lr,
                 "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data),
                 **({"val_prompts": val_prompts} if val_prompts else {}),
-                # without the regression, states of older versions resume; one of its earlier unscaled EAGLE-3
-                # form (no unit_rms key) is refused, not continued under another loss
+                # states written without the regression resume as before; one written under the earlier, unscaled
+                # form lacks the unit_rms key and is refused rather than continued under another loss
                 **({"feature_loss": feature_loss, "feature_loss_unit_rms": kind == "eagle3"} if feature_loss else {})}
     losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
