@@ -413,7 +413,8 @@ class CLI:
         """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there. --bf16 trains
-        with bfloat16 matrix products (faster on CPUs with bfloat16 units; the shipped draft was trained in fp32).
+        with bfloat16 matrix products (faster on CPUs with bfloat16 units; fp32 on CPUs without a bfloat16 path,
+        where it would be ~30x slower; the shipped draft was trained in fp32).
         --val-prompts N holds the answers to the last N training prompts out of training and prints their loss after
         every epoch (default: a twentieth of them; 0: none). --train-prompts N: the first N of the package's 1,200
         training prompts (default: all, as the shipped weights were trained). With the same --samples and
@@ -441,7 +442,8 @@ class CLI:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
-        --train-prompts to reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32).
+        --train-prompts to reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32;
+        fp32 also on CPUs without a bfloat16 path, such as AVX2-only ones, where bf16 is ~30x slower).
         --val-prompts N: as for train-draft, a validation loss after every epoch on the answers to the last N
         training prompts (default: a twentieth of them, 60 of the default --train-prompts 1200).
         --weight-decay W: AdamW's decoupled weight decay on the head's matrices (default 0, as the shipped head).

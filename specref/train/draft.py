@@ -26,6 +26,7 @@ from specref.formats.hf import load_model, save_model
 from specref.logits import SamplingParams
 from specref.model import Llama
 from specref.train.distill import (
+    bf16_products,
     check_output,
     distill_loss,
     draft_vocabulary,
@@ -60,6 +61,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
     from specref.formats.default_model import resolve_target
 
     check_output(out)
+    bf16 = bf16_products(bf16)
     started = time.time()
     torch.manual_seed(seed)
     target_dir = resolve_target(target)

@@ -35,6 +35,7 @@ from specref.formats.eagle import save_head
 from specref.logits import SamplingParams
 from specref.model import Llama
 from specref.train.distill import (
+    bf16_products,
     check_output,
     distill_loss,
     draft_vocabulary,
@@ -95,6 +96,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     if kind not in KINDS:
         raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
     check_output(out)
+    bf16 = bf16_products(bf16)
     started = time.time()
     target_dir = resolve_target(target)
     dense = load_model(target_dir)  # trained against (the packed copy in `prepare` lacks dense weights)
