@@ -447,8 +447,9 @@ class CLI:
         --val-prompts N: as for train-draft, a validation loss after every epoch on the answers to the last N
         training prompts (default: a twentieth of them, 60 of the default --train-prompts 1200).
         --weight-decay W: AdamW's decoupled weight decay on the head's matrices (default 0, as the shipped head).
-        --feature-loss W: adds EAGLE-1's feature regression, weight W, to every unrolled step (default 0, as the
-        shipped head): the head's output learns the target feature it stands in for one step deeper.
+        --feature-loss W (--kind eagle only): adds EAGLE-1's feature regression, weight W, to every unrolled step
+        (default 0, as the shipped head): the head's output learns the target feature it stands in for one step
+        deeper. An EAGLE-3 head has no fixed feature to learn (its own fc fuses what it reads), so it is refused there.
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle

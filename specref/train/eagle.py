@@ -2,18 +2,19 @@
 
 The draft's pipeline (`distill.py`: target-written answers and the target's top-K labels), plus the target's
 features at every position; a work dir is shared with `train-draft` when both use the same --samples. The head
-learns the pair (f_j, x_{j+1}) -> the target's top-K law of x_{j+2} on answer positions (EAGLE, Li et al.
-2024; the token-level loss only, as EAGLE-3 uses), unrolled as it is used in a tree: step s reads x_{j+s}
-with the head's own output from step s-1 in place of a target feature and predicts x_{j+s+1}, attending to
-the real-feature rows before j and its own chain (EAGLE-3's training-time test). The loss of step s is
-weighted 0.8^(s-1). `feature_loss` w > 0 adds EAGLE-1's feature regression to each step: w times the smooth-L1
-distance between the head's g of step s and what it stands in for at step s + 1, the target's feature at j+s
-(EAGLE-3: fused by the head's fc and held fixed; the two compared at unit RMS, since fc is trained and could shrink
-both), so that deeper steps read inputs like the first. The default is an EAGLE-3 head (arXiv 2503.01840) over the
-target's layers (2, L//2, L-3) with a reduced output vocabulary: on a CPU every tree level runs the head's output
-layer over the whole frontier, and the full 49,152-row head of SmolLM2 would cost a fifth of a target step each
-time. It is evaluated by tau (tokens per target call) of greedy EAGLE decoding with the CPU's default tree on the
-held-out prompts, and saved in bf16.
+learns the pair (f_j, x_{j+1}) -> the target's top-K law of x_{j+2} on answer positions (EAGLE, Li et al. 2024; the
+token-level loss only, as EAGLE-3 uses), unrolled as it is used in a tree: step s reads x_{j+s} with the head's own
+output from step s-1 in place of a target feature and predicts x_{j+s+1}, attending to the real-feature rows before
+j and its own chain (EAGLE-3's training-time test). The loss of step s is weighted 0.8^(s-1). `feature_loss` w > 0
+(EAGLE-1 heads) adds EAGLE-1's feature regression to each step: w times the smooth-L1 distance between the head's g
+of step s and what it stands in for at step s + 1, the target's feature at j+s, so that deeper steps read inputs
+like the first. An EAGLE-3 head has no fixed feature to regress: what g stands in for is the target's features fused
+by the head's own fc, and fc met the regression by making neighbouring fused features alike rather than g predicting
+the next (EAGLE-3 dropped the loss). The default is an EAGLE-3 head (arXiv 2503.01840) over the target's layers (2,
+L//2, L-3) with a reduced output vocabulary: on a CPU every tree level runs the head's output layer over the whole
+frontier, and the full 49,152-row head of SmolLM2 would cost a fifth of a target step each time. It is evaluated by
+tau (tokens per target call) of greedy EAGLE decoding with the CPU's default tree on the held-out prompts, and saved
+in bf16.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
 
     if kind not in KINDS:
         raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}")
+    if feature_loss and kind != "eagle":
+        raise ValueError(f"--feature-loss regresses the target's feature, which only an EAGLE-1 head (--kind eagle) "
+                         f"stands in for; an EAGLE-3 head's input is fused by its own trained fc (got --kind {kind})")
     check_output(out)
     bf16 = bf16_products(bf16)
     started = time.time()
@@ -122,10 +126,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
         tokens, ids = pad([r[0] for r in rows], width=t + unroll), pad([r[1] for r in rows], width=t + unroll)
         logp = pad([r[2] for r in rows], -30.0, width=t + unroll)
         hidden = pad([r[4][:-1].float() for r in rows])
-        if feature_loss:  # the regression's targets, once a batch: what a step reads at j had the target run there
-            with torch.no_grad():
-                feats = pad([r[4].float() for r in rows], width=t + unroll)
-                want = head.fuse(feats) if kind == "eagle3" else feats
+        if feature_loss:  # the regression's targets: what a step reads at j had the target run there
+            want = pad([r[4].float() for r in rows], width=t + unroll)
         cache, causal = UnrollCache(head.config.layer.num_hidden_layers), torch.ones(t, t, dtype=torch.bool).tril()
         pos, total = torch.arange(t).expand(len(rows), t), torch.zeros(())
         for s in range(1, unroll + 1):
@@ -139,20 +141,15 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
             everywhere = torch.ones(1, len(g), dtype=torch.bool)
             loss = distill_loss(logits[None], ids[:, s : s + t][valid][None], logp[:, s : s + t][valid][None],
                                 everywhere, t2d)
-            if feature_loss:  # g of step s stands in for the input at j+s
-                g_s, want_s = g.float(), want[:, s : s + t][valid].float()
-                if kind == "eagle3":  # fc scales the target too: shrinking it would pay, so compare at unit RMS
-                    g_s, want_s = F.rms_norm(g_s, g_s.shape[-1:]), F.rms_norm(want_s, want_s.shape[-1:])
-                loss = loss + feature_loss * F.smooth_l1_loss(g_s, want_s)
+            if feature_loss:  # g of step s stands in for the feature at j+s
+                loss = loss + feature_loss * F.smooth_l1_loss(g.float(), want[:, s : s + t][valid])
             total = total + DECAY ** (s - 1) * loss
         return total
 
     settings = {"kind": kind, "vocab": vocab, "unroll": unroll, "epochs": epochs, "lr": lr,
                 "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data),
                 **({"val_prompts": val_prompts} if val_prompts else {}),
-                # states written without the regression resume as before; one written under the earlier, unscaled
-                # form lacks the unit_rms key and is refused rather than continued under another loss
-                **({"feature_loss": feature_loss, "feature_loss_unit_rms": kind == "eagle3"} if feature_loss else {})}
+                **({"feature_loss": feature_loss} if feature_loss else {})}  # states without it resume as before
     losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
                                     desc="head learns", bf16=bf16, val=val, weight_decay=weight_decay)
