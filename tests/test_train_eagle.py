@@ -113,3 +113,38 @@ def test_train_eagle_refuses_bad_loss_weights_before_any_work(tmp_path, monkeypa
     monkeypatch.setattr("specref.train.eagle.train_eagle", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be >= 0 and finite, got"):
         CLI().train_eagle(str(tmp_path / "out"), **{flag: value})
+
+
+def test_training_refuses_a_device_it_cannot_use_before_any_work(tmp_path, monkeypatch):
+    from specref.tools.cli import CLI
+
+    monkeypatch.setattr("specref.train.eagle.train_eagle", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr("specref.train.draft.train_draft", lambda *a, **k: pytest.fail("training started"))
+    bad = [("tpu", "not a valid torch device"), ("mps", "specref runs on cpu or cuda")]
+    if not torch.cuda.is_available():
+        bad.append(("cuda", "CUDA is not available"))
+    for command in (CLI().train_eagle, CLI().train_draft):
+        for device, message in bad:
+            with pytest.raises(ValueError, match=message):
+                command(str(tmp_path / "out"), device=device)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+def test_train_eagle_on_cuda_decodes_and_resumes_on_the_cpu(tmp_path, checkpoints, kind):  # noqa: F811
+    # text, labels, training and evaluation on the GPU; the training state it leaves resumes on the host
+    target_dir, settings = checkpoints[0], {**SMALL, "bf16": False}
+    result = train_eagle(str(tmp_path / "gpu"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
+                         device="cuda", **settings)
+    assert result["device"].startswith("cuda") and result["steps"] > 0 and result["tau"] >= 1.0
+    target = load_model(target_dir)
+    head = load_head(tmp_path / "gpu", target)
+    ar = generate_ar(target, [1, 5, 9], max_new_tokens=10, params=SamplingParams(0.0))
+    out = generate_eagle(target, head, [1, 5, 9], tree=SMALL["tree"], max_new_tokens=10, params=SamplingParams(0.0))
+    assert out.token_ids == ar.token_ids
+    again = train_eagle(str(tmp_path / "cpu"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
+                        **settings)
+    assert again["device"] == "cpu" and again["final_loss"] == result["final_loss"]
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("gpu", "cpu"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -409,7 +409,8 @@ class CLI:
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                     vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 10,
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 1200,
-                    eval_prompts: int = 60, bf16: bool = False, val_prompts: int | None = None) -> None:
+                    eval_prompts: int = 60, bf16: bool = False, val_prompts: int | None = None,
+                    device: str = "cpu") -> None:
         """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there. --bf16 trains
@@ -418,19 +419,22 @@ class CLI:
         --val-prompts N holds the answers to the last N training prompts out of training and prints their loss after
         every epoch (default: a twentieth of them; 0: none). --train-prompts N: the first N of the package's 1,200
         training prompts (default: all, as the shipped weights were trained). With the same --samples and
-        --train-prompts, train-draft and train-eagle can share one --work-dir.
+        --train-prompts, train-draft and train-eagle can share one --work-dir. --device cuda: the target writes and
+        labels the text, and the draft trains and is evaluated, on the GPU (default cpu, where the shipped weights
+        were trained; a work dir and its training state carry over between devices).
         """
         from specref.checks import check_count
         from specref.train.draft import train_draft
 
         check_count("layers", layers)
+        dev = resolve_device(device)
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, seed=seed, train_prompts=train_prompts,
                        lr=lr, val_prompts=val_prompts)
         result = train_draft(out, target=target, work_dir=work_dir, layers=layers, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts, bf16=bf16,
-                             val_prompts=val_prompts)
+                             val_prompts=val_prompts, device=str(dev))
         print(json.dumps(result, indent=2))
 
     def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
@@ -438,7 +442,8 @@ class CLI:
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 1200,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
-                    val_prompts: int | None = None, weight_decay: float = 0.0, feature_loss: float = 0.0) -> None:
+                    val_prompts: int | None = None, weight_decay: float = 0.0, feature_loss: float = 0.0,
+                    device: str = "cpu") -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
@@ -450,11 +455,13 @@ class CLI:
         --feature-loss W (--kind eagle only): adds EAGLE-1's feature regression, weight W, to every unrolled step
         (default 0, as the shipped head): the head's output learns the target feature it stands in for one step
         deeper. An EAGLE-3 head has no fixed feature to learn (its own fc fuses what it reads), so it is refused there.
+        --device cuda: as for train-draft (the head is still evaluated with the CPU's tree, as the shipped one was).
         """
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle
 
-        tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # evaluated on the CPU
+        tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # the CPU's, on any device
+        dev = resolve_device(device)
         for flag, value in (("--weight-decay", weight_decay), ("--feature-loss", feature_loss)):
             if not (isinstance(value, int | float) and 0 <= value < float("inf")):
                 raise ValueError(f"{flag} must be >= 0 and finite, got {value!r}")
@@ -465,7 +472,7 @@ class CLI:
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
                              tree=tree_spec, bf16=bf16, val_prompts=val_prompts, weight_decay=weight_decay,
-                             feature_loss=feature_loss)
+                             feature_loss=feature_loss, device=str(dev))
         print(json.dumps(result, indent=2))
 
 

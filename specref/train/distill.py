@@ -108,13 +108,13 @@ def stage_labels(target: Llama, files: list[Path], top_k: int, micro: int,
         tokens = load(f)["tokens"].long()
         ids, logp, feats = [], [], []
         for i in range(0, len(tokens), micro):
-            x = tokens[i : i + micro]
-            o = target(x, torch.arange(x.shape[1]).expand_as(x), layer_inputs=feature_layers or ())
+            x = tokens[i : i + micro].to(target.device)
+            o = target(x, torch.arange(x.shape[1], device=x.device).expand_as(x), layer_inputs=feature_layers or ())
             top = o.logits.float().log_softmax(-1).topk(top_k, dim=-1)
-            ids.append(top.indices.int())
-            logp.append(top.values.half())
+            ids.append(top.indices.int().cpu())
+            logp.append(top.values.half().cpu())
             if tag is not None:
-                feats.append((torch.cat(o.layer_inputs, -1) if feature_layers else o.hidden).half())
+                feats.append((torch.cat(o.layer_inputs, -1) if feature_layers else o.hidden).half().cpu())
         save({"ids": torch.cat(ids), "logp": torch.cat(logp)}, g)
         if tag is not None:
             save({"features": torch.cat(feats)}, h)
@@ -197,22 +197,28 @@ def hold_out(data: list[tuple], files: list[Path], val_prompts: int) -> tuple[li
     return ([d for d, t in zip(data, train, strict=True) if t], [d for d, t in zip(data, train, strict=True) if not t])
 
 
-def bf16_products(requested: bool) -> bool:
-    """Whether training computes its matrix products in bfloat16: as requested, except on a CPU where oneDNN
-    has no bf16 path. PyTorch's fallback there is far slower than fp32 (AVX2 Zen 3: a head-sized forward and
-    backward, 4,096 x 1,728 -> 576 -> 8,192, took 62 s in bf16 against 2.0 s in fp32), so the run stays fp32 and
-    says so; its result and training state record fp32."""
-    if requested and not cpu.onednn_bf16():
+def bf16_products(requested: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether training computes its matrix products in bfloat16: as requested, except where the device has no
+    fast bf16 path. On a CPU without oneDNN's, PyTorch's fallback is far slower than fp32 (AVX2 Zen 3: a
+    head-sized forward and backward, 4,096 x 1,728 -> 576 -> 8,192, took 62 s in bf16 against 2.0 s in fp32), so
+    the run stays fp32 and says so; its result and training state record fp32."""
+    device = torch.device(device)
+    if not requested:
+        return False
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        print(f"note: {device} has no bfloat16 units: training in fp32", file=sys.stderr)
+        return False
+    if device.type == "cpu" and not cpu.onednn_bf16():
         print("note: this CPU has no bfloat16 matrix path (oneDNN needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT), "
               "where bf16 products run ~30x slower than fp32: training in fp32", file=sys.stderr)
         return False
-    return requested
+    return True
 
 
 def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Tensor], *, lr: float, epochs: int,
         batch_tokens: int, seed: int, state_file: Path, settings: dict[str, Any], desc: str,
-        bf16: bool = False, val: list[tuple] | None = None, weight_decay: float = 0.0
-        ) -> tuple[list[float], int, list[float]]:
+        bf16: bool = False, val: list[tuple] | None = None, weight_decay: float = 0.0,
+        device: torch.device | str = "cpu") -> tuple[list[float], int, list[float]]:
     """AdamW with warm-up and cosine decay over `epochs` shuffled passes; checkpoints every 100 steps into
     `state_file` and resumes from it (refusing one written with other `settings`). With `val`, the loss on those
     sequences after every epoch (the mean of its batches' losses) says whether more epochs would still pay.
@@ -221,7 +227,10 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
 
     `bf16` computes the forward's matrix products in bfloat16 (CPU autocast; weights, optimiser and loss stay
     fp32): on the 2-thread Xeon VM with AMX a head's 4,096-token step took 2.2 s instead of 3.7 s.
-    `weight_decay`: AdamW's decoupled decay (Loshchilov & Hutter 2019), on matrices only (not norms or biases)."""
+    `weight_decay`: AdamW's decoupled decay (Loshchilov & Hutter 2019), on matrices only (not norms or biases).
+    `device`: where `model` lives; each batch's rows go there, and `loss_of` runs with it as the default device
+    of new tensors (a state saved on one device resumes on another)."""
+    device = torch.device(device)
     settings = {**settings, "bf16": True} if bf16 else settings  # fp32 runs resume as they always did
     settings = {**settings, "weight_decay": weight_decay} if weight_decay else settings  # likewise
     params = [p for p in model.parameters() if p.requires_grad]
@@ -237,7 +246,7 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     losses: list[float] = []
     if state_file.exists():
         try:
-            state = torch.load(state_file, weights_only=True)
+            state = torch.load(state_file, weights_only=True, map_location="cpu")
         except Exception as e:
             raise ValueError(f"{state_file} is corrupt ({e}); delete it to train from the start") from None
         if state.get("settings") != settings:
@@ -253,8 +262,8 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
         while step < len(flat):
             for g in opt.param_groups:  # cosine decay after a short warm-up
                 g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / len(flat)))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_of([data[i] for i in flat[step]])
+            with torch.device(device), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_of(on(device, [data[i] for i in flat[step]]))
             if not torch.isfinite(loss):  # stop before a NaN reaches the weights or the checkpoint
                 raise ValueError(f"training diverged: loss {loss.item()} at step {step + 1} of {len(flat)} with "
                                  f"learning rate {opt.param_groups[0]['lr']:.3g} (--lr {lr}); lower --lr (and delete "
@@ -268,8 +277,10 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if val_groups and step % per_epoch == 0:
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    val_losses.append(float(np.mean([loss_of([val[i] for i in g]).item() for g in val_groups])))
+                with torch.no_grad(), torch.device(device), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                                           enabled=bf16):
+                    val_losses.append(float(np.mean([loss_of(on(device, [val[i] for i in g])).item()
+                                                     for g in val_groups])))
                 # stderr, with the progress bar: stdout is the command's JSON result
                 bar.write(f"epoch {step // per_epoch}: validation loss {val_losses[-1]:.4f}", file=sys.stderr)
             if step % 100 == 0 or step == len(flat):
@@ -277,6 +288,11 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
                     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                                 "settings": settings, "losses": losses, "val_losses": val_losses}, tmp)
     return losses, len(flat), val_losses
+
+
+def on(device: torch.device, rows: list[tuple]) -> list[tuple]:
+    """A batch's rows (from `load_examples`) with their tensors on `device`."""
+    return [tuple(x.to(device) if isinstance(x, Tensor) else x for x in row) for row in rows]
 
 
 def check_output(out: str | Path) -> None:
@@ -294,9 +310,9 @@ def target_to_draft(vocab_ids: Tensor, vocab_size: int) -> Tensor:
 
 def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, top_k: int, seed: int,
             train_prompts: int | None, eval_prompts: int, feature_layers: tuple[int, ...] | None = None,
-            val_prompts: int | None = 0) -> dict:
-    """Stages 1-2 of distillation with a packed (faster) copy of the target, plus the prompt sets and the number
-    of validation prompts (`val_prompts`; None: a twentieth of the training prompts)."""
+            val_prompts: int | None = 0, device: torch.device | str = "cpu") -> dict:
+    """Stages 1-2 of distillation with a copy of the target on `device` (packed on a CPU: faster), plus the prompt
+    sets and the number of validation prompts (`val_prompts`; None: a twentieth of the training prompts)."""
     tok = load_tokenizer(target_dir)
     texts = load_prompts("train")
     if train_prompts is not None and not 1 <= train_prompts <= len(texts):
@@ -311,8 +327,8 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
                 if samples > len(TEMPERATURES) else {})
     claim(work, target_dir, prompts, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
           **schedule)
-    target = load_model(target_dir)
-    cpu.pack_linears(target)
+    target = load_model(target_dir, device=device)
+    cpu.pack_linears(target)  # a no-op off the CPU
     files = stage_data(target, prompts, work, samples, max_new_tokens, chunk=40, seed=seed)
     labels = stage_labels(target, files, min(top_k, target.config.vocab_size), micro=4,
                           feature_layers=feature_layers)

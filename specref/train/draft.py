@@ -57,21 +57,22 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
                 vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 10,
                 lr: float = 2e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
                 train_prompts: int | None = 1200, eval_prompts: int = 60, eval_new_tokens: int = 128,
-                bf16: bool = False, val_prompts: int | None = None) -> dict[str, Any]:
+                bf16: bool = False, val_prompts: int | None = None, device: str = "cpu") -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
 
     check_output(out)
-    bf16 = bf16_products(bf16)
+    device = torch.device(device)
+    bf16 = bf16_products(bf16, device)
     started = time.time()
     torch.manual_seed(seed)
     target_dir = resolve_target(target)
     work = Path(work_dir or Path(out).with_name(Path(out).name + ".work"))
     run = prepare(target_dir, work, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
-                  train_prompts=train_prompts, eval_prompts=eval_prompts, val_prompts=val_prompts)
+                  train_prompts=train_prompts, eval_prompts=eval_prompts, val_prompts=val_prompts, device=device)
     tgt = run["target"]
     vocab_ids, coverage = draft_vocabulary(run["files"], vocab, tgt.config.vocab_size, tgt.config.eos_token_id)
-    draft = new_draft(load_model(target_dir), layers, vocab_ids)  # dense weights to copy from
-    t2d = target_to_draft(vocab_ids, tgt.config.vocab_size)
+    draft = new_draft(load_model(target_dir), layers, vocab_ids).to(device)  # dense weights to copy from (host)
+    t2d = target_to_draft(vocab_ids, tgt.config.vocab_size).to(device)
     val_prompts = run["val_prompts"]
     data, val = hold_out(load_examples(run["files"], run["labels"]), run["files"], val_prompts)
 
@@ -89,7 +90,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
                 **({"val_prompts": val_prompts} if val_prompts else {})}
     losses, steps, val_losses = fit(draft, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / "train_state.pt", settings=settings, desc="draft learns",
-                                    bf16=bf16, val=val)
+                                    bf16=bf16, val=val, device=device)
 
     print("evaluating on held-out prompts (greedy SpS, gamma 4)", file=sys.stderr)
     draft.eval()
@@ -103,7 +104,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
               "max_new_tokens": max_new_tokens, "top_k": top_k,
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16,
-              "val_prompts": val_prompts, "val_loss_per_epoch": val_losses}
+              "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "device": str(device)}
     save_model(draft, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

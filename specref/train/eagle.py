@@ -74,12 +74,13 @@ class UnrollCache:
 
 
 def new_head(target: Llama, kind: str, vocab_ids: Tensor, seed: int) -> EagleHead:
-    """A fresh head: PyTorch's default init, its output rows (EAGLE-3) and norms copied from the target."""
+    """A fresh head: PyTorch's default init, its output rows (EAGLE-3) and norms copied from the target. It is
+    made on the CPU whatever the target's device, so that a seed gives the same head everywhere."""
     torch.manual_seed(seed)
     head = EagleHead(new_head_config(target.config, kind, draft_vocab_size=len(vocab_ids)), target)
     if kind == "eagle3":
         with torch.no_grad():
-            head.lm_head.weight.copy_(target.lm_head.weight[vocab_ids])
+            head.lm_head.weight.copy_(target.lm_head.weight[vocab_ids.to(target.device)])
             head.norm.load_state_dict(target.norm.state_dict())
             head.d2t.copy_(vocab_ids - torch.arange(len(vocab_ids)))
     return head
@@ -90,7 +91,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
                 train_prompts: int | None = 1200, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None,
-                weight_decay: float = 0.0, feature_loss: float = 0.0) -> dict[str, Any]:
+                weight_decay: float = 0.0, feature_loss: float = 0.0, device: str = "cpu") -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
@@ -100,22 +101,23 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
         raise ValueError(f"--feature-loss regresses the target's feature, which only an EAGLE-1 head (--kind eagle) "
                          f"stands in for; an EAGLE-3 head's input is fused by its own trained fc (got --kind {kind})")
     check_output(out)
-    bf16 = bf16_products(bf16)
+    device = torch.device(device)
+    bf16 = bf16_products(bf16, device)
     started = time.time()
     target_dir = resolve_target(target)
-    dense = load_model(target_dir)  # trained against (the packed copy in `prepare` lacks dense weights)
+    dense = load_model(target_dir, device=device)  # trained against (the packed copy in `prepare` lacks dense weights)
     layers = default_layer_ids(dense.config.num_hidden_layers) if kind == "eagle3" else ()
     work = Path(work_dir or Path(out).with_name(Path(out).name + ".work"))
     run = prepare(target_dir, work, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
                   train_prompts=train_prompts, eval_prompts=eval_prompts, feature_layers=layers,
-                  val_prompts=val_prompts)
+                  val_prompts=val_prompts, device=device)
     v = dense.config.vocab_size
     vocab_ids, coverage = (draft_vocabulary(run["files"], vocab, v, dense.config.eos_token_id) if kind == "eagle3"
                            else (torch.arange(v), 1.0))
-    head = new_head(dense, kind, vocab_ids, seed)
+    head = new_head(dense, kind, vocab_ids, seed).to(device)
     for p in dense.parameters():
         p.requires_grad_(False)
-    t2d = target_to_draft(vocab_ids, v)
+    t2d = target_to_draft(vocab_ids, v).to(device)
     val_prompts = run["val_prompts"]
     data, val = hold_out(load_examples(run["files"], run["labels"], feature_layers=layers), run["files"], val_prompts)
 
@@ -152,7 +154,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 **({"feature_loss": feature_loss} if feature_loss else {})}  # states without it resume as before
     losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
-                                    desc="head learns", bf16=bf16, val=val, weight_decay=weight_decay)
+                                    desc="head learns", bf16=bf16, val=val, weight_decay=weight_decay, device=device)
 
     tree = tree or device_tree("cpu")  # the packed CPU's tree (6/3/4), as every shipped head was evaluated
     print(f"evaluating on held-out prompts (greedy EAGLE, {tree.kind} tree)", file=sys.stderr)
@@ -167,7 +169,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16, "samples_per_prompt": samples,
               "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "weight_decay": weight_decay,
-              "feature_loss": feature_loss}
+              "feature_loss": feature_loss, "device": str(device)}
     save_head(head, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
