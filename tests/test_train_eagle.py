@@ -52,6 +52,23 @@ def test_train_eagle_saves_a_head_that_decodes_and_resumes(tmp_path, checkpoints
     assert not (tmp_path / "c").exists()
 
 
+def test_a_deeper_head_trains_loads_and_decodes(tmp_path, checkpoints):  # noqa: F811
+    # --layers 2: EAGLE-3's first layer, then a plain decoder layer; its state is not resumed as a 1-layer head's
+    target_dir = checkpoints[0]
+    result = train_eagle(str(tmp_path / "two"), target=str(target_dir), work_dir=str(tmp_path / "work"), layers=2,
+                         **SMALL)
+    assert result["layers"] == 2
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["num_hidden_layers"] == 2
+    target = load_model(target_dir)
+    head = load_head(tmp_path / "two", target)
+    assert len(head.layers) == 2
+    ar = generate_ar(target, [1, 5, 9], max_new_tokens=10, params=SamplingParams(0.0))
+    out = generate_eagle(target, head, [1, 5, 9], tree=SMALL["tree"], max_new_tokens=10, params=SamplingParams(0.0))
+    assert out.token_ids == ar.token_ids
+    with pytest.raises(ValueError, match="other settings"):
+        train_eagle(str(tmp_path / "one"), target=str(target_dir), work_dir=str(tmp_path / "work"), **SMALL)
+
+
 def test_weight_decay_shrinks_matrices_only(tmp_path, checkpoints):  # noqa: F811
     # the warm-up keeps the learning rate ~1e-4 over SMALL's few steps, so only a large decay shows in them
     heads = {}

@@ -443,7 +443,7 @@ class CLI:
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
                     val_prompts: int | None = None, weight_decay: float = 0.0, feature_loss: float = 0.0,
-                    device: str = "cpu") -> None:
+                    device: str = "cpu", layers: int = 1) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
@@ -456,10 +456,13 @@ class CLI:
         (default 0, as the shipped head): the head's output learns the target feature it stands in for one step
         deeper. An EAGLE-3 head has no fixed feature to learn (its own fc fuses what it reads), so it is refused there.
         --device cuda: as for train-draft (the head is still evaluated with the CPU's tree, as the shipped one was).
+        --layers N: the head's decoder layers (default 1, as in EAGLE and the shipped head).
         """
+        from specref.checks import check_count
         from specref.tools.options import tree_for
         from specref.train.eagle import train_eagle
 
+        check_count("layers", layers)
         tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # the CPU's, on any device
         dev = resolve_device(device)
         for flag, value in (("--weight-decay", weight_decay), ("--feature-loss", feature_loss)):
@@ -472,7 +475,7 @@ class CLI:
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
                              tree=tree_spec, bf16=bf16, val_prompts=val_prompts, weight_decay=weight_decay,
-                             feature_loss=feature_loss, device=str(dev))
+                             feature_loss=feature_loss, device=str(dev), layers=layers)
         print(json.dumps(result, indent=2))
 
 

@@ -73,11 +73,11 @@ class UnrollCache:
         pass
 
 
-def new_head(target: Llama, kind: str, vocab_ids: Tensor, seed: int) -> EagleHead:
+def new_head(target: Llama, kind: str, vocab_ids: Tensor, seed: int, layers: int = 1) -> EagleHead:
     """A fresh head: PyTorch's default init, its output rows (EAGLE-3) and norms copied from the target. It is
     made on the CPU whatever the target's device, so that a seed gives the same head everywhere."""
     torch.manual_seed(seed)
-    head = EagleHead(new_head_config(target.config, kind, draft_vocab_size=len(vocab_ids)), target)
+    head = EagleHead(new_head_config(target.config, kind, layers=layers, draft_vocab_size=len(vocab_ids)), target)
     if kind == "eagle3":
         with torch.no_grad():
             head.lm_head.weight.copy_(target.lm_head.weight[vocab_ids.to(target.device)])
@@ -91,7 +91,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 batch_tokens: int = 4096, top_k: int = 32, unroll: int = 3, seed: int = 0,
                 train_prompts: int | None = 1200, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None,
-                weight_decay: float = 0.0, feature_loss: float = 0.0, device: str = "cpu") -> dict[str, Any]:
+                weight_decay: float = 0.0, feature_loss: float = 0.0, device: str = "cpu", layers: int = 1
+                ) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
@@ -106,20 +107,20 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     started = time.time()
     target_dir = resolve_target(target)
     dense = load_model(target_dir, device=device)  # trained against (the packed copy in `prepare` lacks dense weights)
-    layers = default_layer_ids(dense.config.num_hidden_layers) if kind == "eagle3" else ()
+    taps = default_layer_ids(dense.config.num_hidden_layers) if kind == "eagle3" else ()  # the target layers it reads
     work = Path(work_dir or Path(out).with_name(Path(out).name + ".work"))
     run = prepare(target_dir, work, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
-                  train_prompts=train_prompts, eval_prompts=eval_prompts, feature_layers=layers,
+                  train_prompts=train_prompts, eval_prompts=eval_prompts, feature_layers=taps,
                   val_prompts=val_prompts, device=device)
     v = dense.config.vocab_size
     vocab_ids, coverage = (draft_vocabulary(run["files"], vocab, v, dense.config.eos_token_id) if kind == "eagle3"
                            else (torch.arange(v), 1.0))
-    head = new_head(dense, kind, vocab_ids, seed).to(device)
+    head = new_head(dense, kind, vocab_ids, seed, layers).to(device)
     for p in dense.parameters():
         p.requires_grad_(False)
     t2d = target_to_draft(vocab_ids, v).to(device)
     val_prompts = run["val_prompts"]
-    data, val = hold_out(load_examples(run["files"], run["labels"], feature_layers=layers), run["files"], val_prompts)
+    data, val = hold_out(load_examples(run["files"], run["labels"], feature_layers=taps), run["files"], val_prompts)
 
     def loss_of(rows: list[tuple]) -> Tensor:
         # Anchor j holds the pair (f_j, x_{j+1}); unroll step s (1-based) there reads x_{j+s} with the head's
@@ -151,7 +152,9 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     settings = {"kind": kind, "vocab": vocab, "unroll": unroll, "epochs": epochs, "lr": lr,
                 "batch_tokens": batch_tokens, "top_k": top_k, "seed": seed, "sequences": len(data),
                 **({"val_prompts": val_prompts} if val_prompts else {}),
-                **({"feature_loss": feature_loss} if feature_loss else {})}  # states without it resume as before
+                # states written before these options resume as before
+                **({"feature_loss": feature_loss} if feature_loss else {}),
+                **({"layers": layers} if layers != 1 else {})}
     losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
                                     desc="head learns", bf16=bf16, val=val, weight_decay=weight_decay, device=device)
@@ -164,12 +167,12 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     result = {"tau": gen.stats.tau, "alpha_per_depth": gen.stats.alpha, "tree": tree.kind,
               "total_tokens": tree.total_tokens, "depth": tree.depth, "top_k": tree.top_k,
               "prompts": len(run["heldout"]), "new_tokens": gen.stats.new_tokens, "kind": kind,
-              "vocab": len(vocab_ids), "vocab_coverage": coverage, "layer_ids": list(layers),
+              "vocab": len(vocab_ids), "vocab_coverage": coverage, "layer_ids": list(taps),
               "train_sequences": len(data), "steps": steps, "epochs": epochs, "lr": lr,
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16, "samples_per_prompt": samples,
               "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "weight_decay": weight_decay,
-              "feature_loss": feature_loss, "device": str(device)}
+              "feature_loss": feature_loss, "device": str(device), "layers": layers}
     save_head(head, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
