@@ -225,8 +225,8 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     Returns (every step's training loss, steps, validation losses); both lists survive a resume (the training
     losses from the first state that kept them).
 
-    `bf16` computes the forward's matrix products in bfloat16 (CPU autocast; weights, optimiser and loss stay
-    fp32): on the 2-thread Xeon VM with AMX a head's 4,096-token step took 2.2 s instead of 3.7 s.
+    `bf16` computes the forward's matrix products in bfloat16 (autocast; weights, optimiser and loss stay fp32):
+    on the 2-thread Xeon VM with AMX a head's 4,096-token step took 2.2 s instead of 3.7 s.
     `weight_decay`: AdamW's decoupled decay (Loshchilov & Hutter 2019), on matrices only (not norms or biases).
     `device`: where `model` lives; each batch's rows go there, and `loss_of` runs with it as the default device
     of new tensors (a state saved on one device resumes on another)."""
