@@ -146,7 +146,7 @@ def test_validation_prompts_are_held_out_of_training(tmp_path, checkpoints, caps
     twentieth = train_draft(str(tmp_path / "d"), target=str(target_dir), work_dir=str(tmp_path / "work3"),
                             **{**SMALL, "train_prompts": 40, "samples": 1, "epochs": 1}, val_prompts=None)
     assert twentieth["val_prompts"] == 2 and twentieth["train_sequences"] == 38  # None: a twentieth of the prompts
-    with pytest.raises(ValueError, match=r"--train-prompts must lie in \[1, 1200\] \(the training set\), got 5000"):
+    with pytest.raises(ValueError, match=r"must lie in \[1, 1200\] \(the package's training prompts\), got 5000"):
         train_draft(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work2"),
                     **{**SMALL, "train_prompts": 5000})
     assert not (tmp_path / "work2").exists()

@@ -44,10 +44,12 @@ def check_tokenizers(target: Any, draft: Any) -> None:
         raise ValueError("the draft's tokenizer differs from the target's: the two models must share one vocabulary")
 
 
-def check_training(*, seed: int, train_prompts: int | None, lr: float, val_prompts: int | None, **counts: int
-                   ) -> None:
-    """The arguments train-draft and train-eagle share: counts >= 1, seed and val_prompts >= 0, lr > 0."""
+def check_training(*, seed: int, train_prompts: int | None, lr: float, val_prompts: int | None,
+                   prompts: str | None, **counts: int) -> None:
+    """The arguments train-draft and train-eagle share: counts >= 1, seed and val_prompts >= 0, lr > 0, and a
+    --prompts file that reads as prompts."""
     from specref.checks import check_count
+    from specref.formats.prompts import read_prompts
 
     for name, value in counts.items():
         check_count(name, value)
@@ -58,6 +60,8 @@ def check_training(*, seed: int, train_prompts: int | None, lr: float, val_promp
         check_count("train_prompts", train_prompts)
     if not (isinstance(lr, int | float) and lr > 0):
         raise ValueError(f"--lr must be > 0, got {lr!r}")
+    if prompts is not None:
+        read_prompts(prompts)
 
 
 def parse_ids(value: Any, flag: str = "--prompt-ids") -> list[int]:
@@ -408,20 +412,22 @@ class CLI:
 
     def train_draft(self, out: str, *, target: str | None = None, work_dir: str | None = None, layers: int = 2,
                     vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 10,
-                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 1200,
+                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
                     eval_prompts: int = 60, bf16: bool = False, val_prompts: int | None = None,
-                    device: str = "cpu") -> None:
+                    device: str = "cpu", prompts: str | None = None) -> None:
         """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there. --bf16 trains
         with bfloat16 matrix products (faster on CPUs with bfloat16 units; fp32 on CPUs without a bfloat16 path,
         where it would be ~30x slower; the shipped draft was trained in fp32).
         --val-prompts N holds the answers to the last N training prompts out of training and prints their loss after
-        every epoch (default: a twentieth of them; 0: none). --train-prompts N: the first N of the package's 1,200
-        training prompts (default: all, as the shipped weights were trained). With the same --samples and
-        --train-prompts, train-draft and train-eagle can share one --work-dir. --device cuda: the target writes and
-        labels the text, and the draft trains and is evaluated, on the GPU (default cpu, where the shipped weights
-        were trained; a work dir and its training state carry over between devices).
+        every epoch (default: a twentieth of them; 0: none). --train-prompts N: the first N training prompts
+        (default: all; the package's 1,200, as the shipped weights were trained). --prompts FILE: the training
+        prompts of a JSON-lines file instead ({"prompt": "..."} per line, as write-prompts writes; none may be a
+        held-out prompt). With the same --samples, --train-prompts and --prompts, train-draft and train-eagle can
+        share one --work-dir. --device cuda: the target writes and labels the text, and the draft trains and is
+        evaluated, on the GPU (default cpu, where the shipped weights were trained; a work dir and its training
+        state carry over between devices).
         """
         from specref.checks import check_count
         from specref.train.draft import train_draft
@@ -430,33 +436,34 @@ class CLI:
         dev = resolve_device(device)
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, seed=seed, train_prompts=train_prompts,
-                       lr=lr, val_prompts=val_prompts)
+                       lr=lr, val_prompts=val_prompts, prompts=prompts)
         result = train_draft(out, target=target, work_dir=work_dir, layers=layers, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts, bf16=bf16,
-                             val_prompts=val_prompts, device=str(dev))
+                             val_prompts=val_prompts, device=str(dev), prompts=prompts)
         print(json.dumps(result, indent=2))
 
     def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
                     vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 14,
-                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = 1200,
+                    lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
                     val_prompts: int | None = None, weight_decay: float = 0.0, feature_loss: float = 0.0,
-                    device: str = "cpu", layers: int = 1) -> None:
+                    device: str = "cpu", layers: int = 1, prompts: str | None = None) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
         --train-prompts to reuse its generated text. Trains with bfloat16 matrix products (--nobf16: fp32;
         fp32 also on CPUs without a bfloat16 path, such as AVX2-only ones, where bf16 is ~30x slower).
         --val-prompts N: as for train-draft, a validation loss after every epoch on the answers to the last N
-        training prompts (default: a twentieth of them, 60 of the default --train-prompts 1200).
+        training prompts (default: a twentieth of them, 60 of the package's 1,200).
         --weight-decay W: AdamW's decoupled weight decay on the head's matrices (default 0, as the shipped head).
         --feature-loss W (--kind eagle only): adds EAGLE-1's feature regression, weight W, to every unrolled step
         (default 0, as the shipped head): the head's output learns the target feature it stands in for one step
         deeper. An EAGLE-3 head has no fixed feature to learn (its own fc fuses what it reads), so it is refused there.
         --device cuda: as for train-draft (the head is still evaluated with the CPU's tree, as the shipped one was).
         --layers N: the head's decoder layers (default 1, as in EAGLE and the shipped head).
+        --prompts FILE: as for train-draft, the training prompts of a JSON-lines file (write-prompts writes one).
         """
         from specref.checks import check_count
         from specref.tools.options import tree_for
@@ -470,14 +477,39 @@ class CLI:
                 raise ValueError(f"{flag} must be >= 0 and finite, got {value!r}")
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, unroll=unroll, seed=seed,
-                       train_prompts=train_prompts, lr=lr, val_prompts=val_prompts)
+                       train_prompts=train_prompts, lr=lr, val_prompts=val_prompts, prompts=prompts)
         result = train_eagle(out, target=target, work_dir=work_dir, kind=kind, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
                              tree=tree_spec, bf16=bf16, val_prompts=val_prompts, weight_decay=weight_decay,
-                             feature_loss=feature_loss, device=str(dev), layers=layers)
+                             feature_loss=feature_loss, device=str(dev), layers=layers, prompts=prompts)
         print(json.dumps(result, indent=2))
 
+    def write_prompts(self, out: str, *, count: int = 1200, target: str | None = None, temperature: float = 1.0,
+                      top_p: float = 0.9, max_new_tokens: int = 96, seed: int = 0, device: str = "cpu") -> None:
+        """Have the target (default: SmolLM2) write COUNT training prompts of its own to OUT (.jsonl).
+
+        The target continues its chat template from the start of a user turn (Magpie, arXiv 2406.08464) at
+        --temperature with nucleus --top-p; a message is kept when the target ends it within --max-new-tokens,
+        it is new, and it is not a held-out prompt. Train on them with train-draft/train-eagle --prompts OUT.
+        A seed gives the same file every run; OUT is written once, at the end, and never overwritten.
+        """
+        from specref.checks import check_count, check_run
+        from specref.formats.files import check_output_file
+        from specref.logits import SamplingParams
+        from specref.train.self_prompts import write_prompts
+
+        path = check_output_file(out, "OUT", (".jsonl",))
+        if path.exists():
+            raise FileExistsError(f"{out} already exists; name a new file")
+        check_count("count", count)
+        check_run(max_new_tokens, seed)
+        SamplingParams(temperature, top_p=top_p)  # refuses a bad temperature or top-p before any model work
+        if temperature == 0:
+            raise ValueError("--temperature must be > 0: a greedy target writes one message, again and again")
+        result = write_prompts(path, count=count, target=target, device=str(resolve_device(device)),
+                               temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        print(json.dumps(result, indent=2))
 
     def convert(self, *, source: str, output: str, verifier: str | None = None, algorithm: str = "auto",
                 dtype: str | None = None, overwrite: bool = False) -> None:
@@ -540,7 +572,8 @@ class CLI:
 
 
 COMMANDS = {dashed(name): getattr(CLI, name) for name in ("generate", "bench", "calibrate", "train_draft",
-                                                           "train_eagle", "convert", "conformance")}
+                                                           "train_eagle", "write_prompts", "convert",
+                                                           "conformance")}
 
 
 def main(argv: list[str] | None = None) -> None:

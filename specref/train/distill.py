@@ -37,7 +37,7 @@ from specref import autoregressive, cpu
 from specref.formats.default_model import file_digest
 from specref.formats.files import atomic_file
 from specref.formats.hf import WEIGHT_FILES, load_model, load_tokenizer
-from specref.formats.prompts import encode, load_prompts
+from specref.formats.prompts import check_disjoint, encode, load_prompts, read_prompts
 from specref.logits import SamplingParams
 from specref.model import Llama
 
@@ -310,13 +310,16 @@ def target_to_draft(vocab_ids: Tensor, vocab_size: int) -> Tensor:
 
 def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, top_k: int, seed: int,
             train_prompts: int | None, eval_prompts: int, feature_layers: tuple[int, ...] | None = None,
-            val_prompts: int | None = 0, device: torch.device | str = "cpu") -> dict:
+            val_prompts: int | None = 0, device: torch.device | str = "cpu", prompts_file: str | None = None) -> dict:
     """Stages 1-2 of distillation with a copy of the target on `device` (packed on a CPU: faster), plus the prompt
-    sets and the number of validation prompts (`val_prompts`; None: a twentieth of the training prompts)."""
+    sets and the number of validation prompts (`val_prompts`; None: a twentieth of the training prompts).
+    The training prompts are the package's, or those of `prompts_file` (JSON lines, as `write-prompts` writes)."""
     tok = load_tokenizer(target_dir)
-    texts = load_prompts("train")
+    texts = load_prompts("train") if prompts_file is None else read_prompts(prompts_file)
+    where = "the package's training prompts" if prompts_file is None else f"--prompts {prompts_file}"
     if train_prompts is not None and not 1 <= train_prompts <= len(texts):
-        raise ValueError(f"--train-prompts must lie in [1, {len(texts)}] (the training set), got {train_prompts}")
+        raise ValueError(f"--train-prompts must lie in [1, {len(texts)}] ({where}), got {train_prompts}")
+    check_disjoint(texts[:train_prompts], load_prompts("heldout"), where)
     prompts = [encode(tok, p) for p in texts[:train_prompts]]
     val_prompts = len(prompts) // 20 if val_prompts is None else val_prompts
     if not 0 <= val_prompts < len(prompts):  # before hours of data and labels, not after
