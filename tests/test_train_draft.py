@@ -87,7 +87,7 @@ def test_each_prompt_is_answered_greedily_once(tmp_path, checkpoints):  # noqa: 
     prompts = [encode(tok, p) for p in load_prompts("train")[: settings["train_prompts"]]]
     claim(tmp_path / "old", target_dir, prompts, samples=4, max_new_tokens=settings["max_new_tokens"], top_k=32,
           seed=0)  # the fingerprint an older specref wrote: no answer schedule
-    with pytest.raises(ValueError, match=r"another answer_temperatures None \(now \[0.0, 0.7, 1.0, 0.7\]\)"):
+    with pytest.raises(ValueError, match=r"another answer_temperatures unset \(now \[0.0, 0.7, 1.0, 0.7\]\)"):
         train_draft(str(tmp_path / "out"), target=str(target_dir), work_dir=str(tmp_path / "old"), **settings)
 
 
@@ -150,3 +150,20 @@ def test_validation_prompts_are_held_out_of_training(tmp_path, checkpoints, caps
         train_draft(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work2"),
                     **{**SMALL, "train_prompts": 5000})
     assert not (tmp_path / "work2").exists()
+
+
+def test_another_text_batch_is_another_work_dir(tmp_path, checkpoints):  # noqa: F811
+    """--text-batch N: the target answers N prompts at a time (data files start every N prompts); other batches
+    seed the sampled answers otherwise, so a work dir refuses a batch size other than its own."""
+    target_dir, work = str(checkpoints[0]), tmp_path / "work"
+    result = train_draft(str(tmp_path / "a"), target=target_dir, work_dir=str(work), **SMALL, text_batch=4)
+    assert sorted(f.name for f in work.glob("data_*")) == [f"data_{s}_{i:04d}.safetensors" for s in (0, 1)
+                                                           for i in (0, 4)]
+    assert result["text_batch"] == 4 and result["train_sequences"] == SMALL["train_prompts"] * SMALL["samples"]
+    with pytest.raises(ValueError, match=r"another text_batch 4 \(now unset\)"):
+        train_draft(str(tmp_path / "b"), target=target_dir, work_dir=str(work), **SMALL)
+    with pytest.raises(ValueError, match="text_batch must be an integer >= 1"):
+        from specref.tools.cli import CLI
+
+        CLI().train_draft(str(tmp_path / "c"), target=target_dir, text_batch=0)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

@@ -414,7 +414,7 @@ class CLI:
                     vocab: int = 8192, samples: int = 2, max_new_tokens: int = 192, epochs: int = 10,
                     lr: float = 2e-3, batch_tokens: int = 4096, seed: int = 0, train_prompts: int | None = None,
                     eval_prompts: int = 60, bf16: bool = False, val_prompts: int | None = None,
-                    device: str = "cpu", prompts: str | None = None) -> None:
+                    device: str = "cpu", prompts: str | None = None, text_batch: int = 40) -> None:
         """Distil a draft for the target (default: SmolLM2) from text it generates; save it to OUT.
 
         Work files go to --work-dir (default OUT.work); rerunning the same command resumes there. --bf16 trains
@@ -427,7 +427,9 @@ class CLI:
         held-out prompt). With the same --samples, --train-prompts and --prompts, train-draft and train-eagle can
         share one --work-dir. --device cuda: the target writes and labels the text, and the draft trains and is
         evaluated, on the GPU (default cpu, where the shipped weights were trained; a work dir and its training
-        state carry over between devices).
+        state carry over between devices). --text-batch N: answers the target writes at once (default 40, as for
+        the shipped weights; on a GPU a batch of hundreds costs about what one answer does). Another N writes
+        other text, so a work dir keeps the N it was made with.
         """
         from specref.checks import check_count
         from specref.train.draft import train_draft
@@ -436,11 +438,11 @@ class CLI:
         dev = resolve_device(device)
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, seed=seed, train_prompts=train_prompts,
-                       lr=lr, val_prompts=val_prompts, prompts=prompts)
+                       lr=lr, val_prompts=val_prompts, prompts=prompts, text_batch=text_batch)
         result = train_draft(out, target=target, work_dir=work_dir, layers=layers, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts, bf16=bf16,
-                             val_prompts=val_prompts, device=str(dev), prompts=prompts)
+                             val_prompts=val_prompts, device=str(dev), prompts=prompts, text_batch=text_batch)
         print(json.dumps(result, indent=2))
 
     def train_eagle(self, out: str, *, target: str | None = None, work_dir: str | None = None, kind: str = "eagle3",
@@ -449,7 +451,7 @@ class CLI:
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
                     val_prompts: int | None = None, weight_decay: float = 0.0, feature_loss: float = 0.0,
-                    device: str = "cpu", layers: int = 1, prompts: str | None = None) -> None:
+                    device: str = "cpu", layers: int = 1, prompts: str | None = None, text_batch: int = 40) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
@@ -463,7 +465,7 @@ class CLI:
         deeper. An EAGLE-3 head has no fixed feature to learn (its own fc fuses what it reads), so it is refused there.
         --device cuda: as for train-draft (the head is still evaluated with the CPU's tree, as the shipped one was).
         --layers N: the head's decoder layers (default 1, as in EAGLE and the shipped head).
-        --prompts FILE: as for train-draft, the training prompts of a JSON-lines file (write-prompts writes one).
+        --prompts FILE and --text-batch N: as for train-draft (write-prompts writes such a file).
         """
         from specref.checks import check_count
         from specref.tools.options import tree_for
@@ -477,22 +479,26 @@ class CLI:
                 raise ValueError(f"{flag} must be >= 0 and finite, got {value!r}")
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
                        batch_tokens=batch_tokens, eval_prompts=eval_prompts, unroll=unroll, seed=seed,
-                       train_prompts=train_prompts, lr=lr, val_prompts=val_prompts, prompts=prompts)
+                       train_prompts=train_prompts, lr=lr, val_prompts=val_prompts, prompts=prompts,
+                       text_batch=text_batch)
         result = train_eagle(out, target=target, work_dir=work_dir, kind=kind, vocab=vocab, samples=samples,
                              max_new_tokens=max_new_tokens, epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                              unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
                              tree=tree_spec, bf16=bf16, val_prompts=val_prompts, weight_decay=weight_decay,
-                             feature_loss=feature_loss, device=str(dev), layers=layers, prompts=prompts)
+                             feature_loss=feature_loss, device=str(dev), layers=layers, prompts=prompts,
+                             text_batch=text_batch)
         print(json.dumps(result, indent=2))
 
     def write_prompts(self, out: str, *, count: int = 1200, target: str | None = None, temperature: float = 1.0,
-                      top_p: float = 0.9, max_new_tokens: int = 96, seed: int = 0, device: str = "cpu") -> None:
+                      top_p: float = 0.9, max_new_tokens: int = 96, seed: int = 0, batch: int = 40,
+                      device: str = "cpu") -> None:
         """Have the target (default: SmolLM2) write COUNT training prompts of its own to OUT (.jsonl).
 
         The target continues its chat template from the start of a user turn (Magpie, arXiv 2406.08464) at
         --temperature with nucleus --top-p; a message is kept when the target ends it within --max-new-tokens,
         it is new, and it is not a held-out prompt. Train on them with train-draft/train-eagle --prompts OUT.
-        A seed gives the same file every run; OUT is written once, at the end, and never overwritten.
+        --batch N: messages sampled at once (default 40; a GPU takes hundreds). A seed and a batch size give the
+        same file every run; OUT is written once, at the end, and never overwritten.
         """
         from specref.checks import check_count, check_run
         from specref.formats.files import check_output_file
@@ -503,12 +509,14 @@ class CLI:
         if path.exists():
             raise FileExistsError(f"{out} already exists; name a new file")
         check_count("count", count)
+        check_count("batch", batch)
         check_run(max_new_tokens, seed)
         SamplingParams(temperature, top_p=top_p)  # refuses a bad temperature or top-p before any model work
         if temperature == 0:
             raise ValueError("--temperature must be > 0: a greedy target writes one message, again and again")
         result = write_prompts(path, count=count, target=target, device=str(resolve_device(device)),
-                               temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                               temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                               batch=batch)
         print(json.dumps(result, indent=2))
 
     def convert(self, *, source: str, output: str, verifier: str | None = None, algorithm: str = "auto",

@@ -310,10 +310,12 @@ def target_to_draft(vocab_ids: Tensor, vocab_size: int) -> Tensor:
 
 def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, top_k: int, seed: int,
             train_prompts: int | None, eval_prompts: int, feature_layers: tuple[int, ...] | None = None,
-            val_prompts: int | None = 0, device: torch.device | str = "cpu", prompts_file: str | None = None) -> dict:
+            val_prompts: int | None = 0, device: torch.device | str = "cpu", prompts_file: str | None = None,
+            text_batch: int = 40) -> dict:
     """Stages 1-2 of distillation with a copy of the target on `device` (packed on a CPU: faster), plus the prompt
     sets and the number of validation prompts (`val_prompts`; None: a twentieth of the training prompts).
-    The training prompts are the package's, or those of `prompts_file` (JSON lines, as `write-prompts` writes)."""
+    The training prompts are the package's, or those of `prompts_file` (JSON lines, as `write-prompts` writes);
+    the target answers `text_batch` of them at a time."""
     tok = load_tokenizer(target_dir)
     texts = load_prompts("train") if prompts_file is None else read_prompts(prompts_file)
     where = "the package's training prompts" if prompts_file is None else f"--prompts {prompts_file}"
@@ -326,13 +328,17 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
         raise ValueError(f"--val-prompts must lie in [0, {len(prompts)}) (the training prompts), got {val_prompts}")
     # More answers than temperatures: record their schedule, so that a work dir an older specref filled (with a
     # second greedy answer) is refused rather than reused; fewer keep the fingerprint they always had.
-    schedule = ({"answer_temperatures": [answer_temperature(s) for s in range(samples)]}
-                if samples > len(TEMPERATURES) else {})
+    extra = ({"answer_temperatures": [answer_temperature(s) for s in range(samples)]}
+             if samples > len(TEMPERATURES) else {})
+    # Another batch size seeds and batches the sampled answers otherwise: other text, so another work dir (and
+    # the default keeps the fingerprint work dirs always had).
+    if text_batch != 40:
+        extra["text_batch"] = text_batch
     claim(work, target_dir, prompts, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
-          **schedule)
+          **extra)
     target = load_model(target_dir, device=device)
     cpu.pack_linears(target)  # a no-op off the CPU
-    files = stage_data(target, prompts, work, samples, max_new_tokens, chunk=40, seed=seed)
+    files = stage_data(target, prompts, work, samples, max_new_tokens, chunk=text_batch, seed=seed)
     labels = stage_labels(target, files, min(top_k, target.config.vocab_size), micro=4,
                           feature_layers=feature_layers)
     heldout = [encode(tok, p) for p in load_prompts("heldout")[:eval_prompts]]
@@ -353,9 +359,14 @@ def claim(work: Path, target_dir: Path, prompts: list[list[int]], **settings: An
             made = json.loads(record.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{record} is corrupt ({e}); delete the work dir or use another --work-dir") from None
-        changed = [k for k in fingerprint if made.get(k) != fingerprint[k]]
+        # Both ways: a setting recorded only when it is not the default may be missing from either side.
+        changed = [k for k in {**made, **fingerprint} if made.get(k) != fingerprint.get(k)]
         if changed:
-            was = ", ".join(f"{k} {made.get(k)!r} (now {fingerprint[k]!r})" if k in settings else k for k in changed)
+            def shown(record: dict, k: str) -> str:
+                return repr(record[k]) if k in record else "unset"
+
+            was = ", ".join(f"{k} {shown(made, k)} (now {shown(fingerprint, k)})" if k not in ("target", "prompts")
+                            else k for k in changed)
             raise ValueError(f"work dir {work} holds data made with another {was}; delete it or use another "
                              "--work-dir")
         return

@@ -58,7 +58,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
                 lr: float = 2e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 bf16: bool = False, val_prompts: int | None = None, device: str = "cpu",
-                prompts: str | None = None) -> dict[str, Any]:
+                prompts: str | None = None, text_batch: int = 40) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
 
     check_output(out)
@@ -70,7 +70,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
     work = Path(work_dir or Path(out).with_name(Path(out).name + ".work"))
     run = prepare(target_dir, work, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
                   train_prompts=train_prompts, eval_prompts=eval_prompts, val_prompts=val_prompts, device=device,
-                  prompts_file=prompts)
+                  prompts_file=prompts, text_batch=text_batch)
     tgt = run["target"]
     vocab_ids, coverage = draft_vocabulary(run["files"], vocab, tgt.config.vocab_size, tgt.config.eos_token_id)
     draft = new_draft(load_model(target_dir), layers, vocab_ids).to(device)  # dense weights to copy from (host)
@@ -107,7 +107,8 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16,
               "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "device": str(device),
-              "prompts_file": prompts}
+              "prompts_file": prompts,
+              "text_batch": text_batch}
     save_model(draft, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -92,7 +92,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None,
                 weight_decay: float = 0.0, feature_loss: float = 0.0, device: str = "cpu", layers: int = 1,
-                prompts: str | None = None) -> dict[str, Any]:
+                prompts: str | None = None, text_batch: int = 40) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
@@ -111,7 +111,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     work = Path(work_dir or Path(out).with_name(Path(out).name + ".work"))
     run = prepare(target_dir, work, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
                   train_prompts=train_prompts, eval_prompts=eval_prompts, feature_layers=taps,
-                  val_prompts=val_prompts, device=device, prompts_file=prompts)
+                  val_prompts=val_prompts, device=device, prompts_file=prompts, text_batch=text_batch)
     v = dense.config.vocab_size
     vocab_ids, coverage = (draft_vocabulary(run["files"], vocab, v, dense.config.eos_token_id) if kind == "eagle3"
                            else (torch.arange(v), 1.0))
@@ -172,7 +172,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16, "samples_per_prompt": samples,
               "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "weight_decay": weight_decay,
-              "feature_loss": feature_loss, "device": str(device), "layers": layers, "prompts_file": prompts}
+              "feature_loss": feature_loss, "device": str(device), "layers": layers, "prompts_file": prompts,
+              "text_batch": text_batch}
     save_head(head, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
