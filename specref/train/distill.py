@@ -42,6 +42,7 @@ from specref.logits import SamplingParams
 from specref.model import Llama
 
 TEMPERATURES = (0.0, 0.7, 1.0)
+TEXT_BATCH = 40  # answers the target writes at once, as for the shipped weights
 
 
 def answer_temperature(s: int) -> float:
@@ -311,7 +312,7 @@ def target_to_draft(vocab_ids: Tensor, vocab_size: int) -> Tensor:
 def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, top_k: int, seed: int,
             train_prompts: int | None, eval_prompts: int, feature_layers: tuple[int, ...] | None = None,
             val_prompts: int | None = 0, device: torch.device | str = "cpu", prompts_file: str | None = None,
-            text_batch: int = 40) -> dict:
+            text_batch: int = TEXT_BATCH) -> dict:
     """Stages 1-2 of distillation with a copy of the target on `device` (packed on a CPU: faster), plus the prompt
     sets and the number of validation prompts (`val_prompts`; None: a twentieth of the training prompts).
     The training prompts are the package's, or those of `prompts_file` (JSON lines, as `write-prompts` writes);
@@ -332,7 +333,7 @@ def prepare(target_dir: Path, work: Path, *, samples: int, max_new_tokens: int, 
              if samples > len(TEMPERATURES) else {})
     # Another batch size seeds and batches the sampled answers otherwise: other text, so another work dir (and
     # the default keeps the fingerprint work dirs always had).
-    if text_batch != 40:
+    if text_batch != TEXT_BATCH:
         extra["text_batch"] = text_batch
     claim(work, target_dir, prompts, samples=samples, max_new_tokens=max_new_tokens, top_k=top_k, seed=seed,
           **extra)

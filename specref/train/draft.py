@@ -107,8 +107,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
               "final_loss": float(np.mean(losses[-50:])) if losses else None,
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16,
               "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "device": str(device),
-              "prompts_file": prompts,
-              "text_batch": text_batch}
+              "prompts_file": prompts, "text_batch": text_batch}
     save_model(draft, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
