@@ -79,7 +79,8 @@ def test_write_prompts_then_train_on_them(chat_target, tmp_path, capsys):
      r"holds 1 of the held-out prompts \(such as"),
 ])
 def test_a_bad_prompts_file_is_refused_before_any_work(tmp_path, monkeypatch, capsys, lines, message):
-    monkeypatch.setattr("specref.train.distill.load_model", lambda *a, **k: pytest.fail("work started"))
+    for module in ("specref.formats.hf", "specref.train.distill"):
+        monkeypatch.setattr(f"{module}.load_model", lambda *a, **k: pytest.fail("work started"))
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(lines) + "\n")
     for command in ("train-draft", "train-eagle"):

@@ -47,9 +47,9 @@ def check_tokenizers(target: Any, draft: Any) -> None:
 def check_training(*, seed: int, train_prompts: int | None, lr: float, val_prompts: int | None,
                    prompts: str | None, **counts: int) -> None:
     """The arguments train-draft and train-eagle share: counts >= 1, seed and val_prompts >= 0, lr > 0, and a
-    --prompts file that reads as prompts."""
+    --prompts file that reads as prompts and holds no held-out prompt."""
     from specref.checks import check_count
-    from specref.formats.prompts import read_prompts
+    from specref.formats.prompts import check_disjoint, load_prompts, read_prompts
 
     for name, value in counts.items():
         check_count(name, value)
@@ -61,7 +61,7 @@ def check_training(*, seed: int, train_prompts: int | None, lr: float, val_promp
     if not (isinstance(lr, int | float) and lr > 0):
         raise ValueError(f"--lr must be > 0, got {lr!r}")
     if prompts is not None:
-        read_prompts(prompts)
+        check_disjoint(read_prompts(prompts)[:train_prompts], load_prompts("heldout"), f"--prompts {prompts}")
 
 
 def parse_ids(value: Any, flag: str = "--prompt-ids") -> list[int]:
