@@ -26,6 +26,7 @@ from specref.formats.hf import load_model, save_model
 from specref.logits import SamplingParams
 from specref.model import Llama
 from specref.train.distill import (
+    TEXT_BATCH,
     bf16_products,
     check_output,
     distill_loss,
@@ -58,7 +59,7 @@ def train_draft(out: str, *, target: str | None = None, work_dir: str | None = N
                 lr: float = 2e-3, batch_tokens: int = 4096, top_k: int = 32, seed: int = 0,
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 bf16: bool = False, val_prompts: int | None = None, device: str = "cpu",
-                prompts: str | None = None, text_batch: int = 40) -> dict[str, Any]:
+                prompts: str | None = None, text_batch: int = TEXT_BATCH) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
 
     check_output(out)

@@ -36,6 +36,7 @@ from specref.formats.eagle import save_head
 from specref.logits import SamplingParams
 from specref.model import Llama
 from specref.train.distill import (
+    TEXT_BATCH,
     bf16_products,
     check_output,
     distill_loss,
@@ -92,7 +93,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None,
                 weight_decay: float = 0.0, feature_loss: float = 0.0, device: str = "cpu", layers: int = 1,
-                prompts: str | None = None, text_batch: int = 40) -> dict[str, Any]:
+                prompts: str | None = None, text_batch: int = TEXT_BATCH) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
