@@ -411,6 +411,7 @@ def test_help_is_on_stdout_readable_and_imports_no_torch():
     assert "--pack / --nopack" in res.stdout and res.stdout.strip().endswith("False")
     res = subprocess.run([sys.executable, "-m", "specref", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "train-draft" in res.stdout and "train-eagle" in res.stdout
+    assert "\n  write-prompts  Have the target" in res.stdout and "\n  generate       Continue" in res.stdout
     res = subprocess.run([sys.executable, "-m", "specref", "gen"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "did you mean generate?" in res.stderr
 

@@ -45,7 +45,8 @@ def help_text(name: str, command: Callable | None, commands: dict[str, Callable]
     if command is None:
         lines = ["usage: python -m specref COMMAND [ARGS] (python -m specref COMMAND --help for its flags)", "",
                  "commands:"]
-        lines += [f"  {n:12s} {(inspect.getdoc(c) or '').splitlines()[0]}" for n, c in commands.items()]
+        width = max(map(len, commands)) + 2  # the longest name stays apart from its line
+        lines += [f"  {n:{width}s}{(inspect.getdoc(c) or '').splitlines()[0]}" for n, c in commands.items()]
         return "\n".join(lines)
     params = parameters(command)
     positional = [dashed(n).upper() for n, p in params.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
