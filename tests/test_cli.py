@@ -416,8 +416,11 @@ def test_help_is_on_stdout_readable_and_imports_no_torch():
     assert res.returncode == 2 and "did you mean generate?" in res.stderr
 
 
+# The child restores Python's own SIGINT handler: started from a background job, it inherits SIGINT as ignored
+# (as a shell's `cmd &` does), Python then installs none, and the Ctrl-C below would never arrive.
 STALLED = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from specref.tools.cli import CLI, main
 def stalled(self, *args, **kwargs):
     print("ready", flush=True)
