@@ -74,6 +74,40 @@ def test_a_divergent_loss_stops_training_at_once(tmp_path):
     assert len(calls) == 3 and torch.isfinite(model.weight).all() and not (tmp_path / "state.pt").exists()
 
 
+def test_noise_drawn_in_training_resumes_where_it_stopped_and_spares_validation(tmp_path):
+    # A loss that draws from torch's CPU generator, as `train-eagle --feature-noise` does: a run stopped after its
+    # state at step 100 and resumed must end with the uninterrupted run's weights (it would not without the saved
+    # generator), and the validation passes run in eval mode, where such noise is not drawn.
+    from specref.train.distill import fit
+
+    data = [(torch.zeros(3),)] * 8  # one batch a step: 150 steps, a state written at step 100
+    modes: dict[bool, int] = {True: 0, False: 0}
+
+    def run(state_file, stop_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 2)
+        steps = []
+
+        def loss_of(rows):
+            modes[model.training] += 1
+            if model.training:
+                steps.append(1)
+                if len(steps) == stop_at:
+                    raise KeyboardInterrupt
+            return (model(torch.rand(4, 2)) ** 2).sum() if model.training else model.weight.sum()
+
+        fit(model, data, loss_of, lr=1e-2, epochs=150, batch_tokens=30, seed=0, state_file=state_file, settings={},
+            desc="test", val=data[:1])
+        return model.weight.detach().clone()
+
+    whole = run(tmp_path / "whole.pt")
+    assert modes == {True: 150, False: 150}
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped.pt", stop_at=120)
+    assert torch.load(tmp_path / "stopped.pt", weights_only=True)["step"] == 100
+    assert torch.equal(run(tmp_path / "stopped.pt"), whole)
+
+
 def test_each_prompt_is_answered_greedily_once(tmp_path, checkpoints):  # noqa: F811
     """More answers per prompt than temperatures: the extra ones are sampled, never a second greedy answer
     (which would repeat the first word for word), and a work dir an older specref filled with one is refused."""

@@ -45,7 +45,8 @@ def test_train_eagle_saves_a_head_that_decodes_and_resumes(tmp_path, checkpoints
     assert len(state["opt"]["param_groups"]) == 1
     b = load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(weights[k], b[k]) for k in weights)
-    for other in ({"unroll": 1}, {"weight_decay": 0.1}, *([{"feature_loss": 1.0}] if kind == "eagle" else [])):
+    for other in ({"unroll": 1}, {"weight_decay": 0.1}, {"feature_noise": 0.1},
+                  *([{"feature_loss": 1.0}] if kind == "eagle" else [{"freeze_output": True}])):
         with pytest.raises(ValueError, match="other settings"):
             train_eagle(str(tmp_path / "c"), target=str(target_dir), work_dir=str(tmp_path / "work"), kind=kind,
                         **{**SMALL, **other})
@@ -82,6 +83,43 @@ def test_weight_decay_shrinks_matrices_only(tmp_path, checkpoints):  # noqa: F81
     assert decayed["fc.weight"].float().norm() < 0.9 * plain["fc.weight"].float().norm()
     norm = next(k for k in plain if k.endswith("norm.weight"))
     assert torch.allclose(decayed[norm].float(), plain[norm].float(), rtol=0.01)
+
+
+def test_feature_noise_changes_training_not_validation(tmp_path, checkpoints):  # noqa: F811
+    # The same data and seed: the noisy run trains other weights; the noise is scaled to each position's RMS
+    # (features span 1 to 1e4 here, as the target's layer inputs do) and follows the seed. That the validation loss
+    # draws none, and that a resumed run draws what it would have, is fit's test in test_train_draft.py.
+    from specref.train import eagle
+
+    heads, results = {}, {}
+    for a in (0.0, 0.5):
+        out = tmp_path / f"n{a:g}"
+        results[a] = train_eagle(str(out), target=str(checkpoints[0]), work_dir=str(tmp_path / f"work{a:g}"),
+                                 feature_noise=a, **SMALL)
+        heads[a] = load_file(out / "model.safetensors")
+    assert results[0.5]["feature_noise"] == 0.5 and results[0.0]["feature_noise"] == 0.0
+    assert not torch.equal(heads[0.0]["fc.weight"], heads[0.5]["fc.weight"])
+    x = torch.randn(3, 5, 8) * torch.tensor([1.0, 100.0, 1e4])[:, None, None]
+    torch.manual_seed(1)
+    y = eagle.with_noise(x, 0.25)
+    rms = x.pow(2).mean(-1, keepdim=True).sqrt()
+    assert ((y - x).abs() <= 0.25 * rms + 1e-3).all() and ((y - x).abs() > 0.1 * rms).any()  # scaled per position
+    torch.manual_seed(1)
+    assert torch.equal(eagle.with_noise(x, 0.25), y)  # the seeded generator decides it
+
+
+def test_freeze_output_keeps_the_targets_rows(tmp_path, checkpoints):  # noqa: F811
+    target = load_model(checkpoints[0])
+    train_eagle(str(tmp_path / "f"), target=str(checkpoints[0]), work_dir=str(tmp_path / "work"), freeze_output=True,
+                **{**SMALL, "lr": 0.05})
+    weights = load_file(tmp_path / "f" / "model.safetensors")
+    vocab_ids = torch.arange(len(weights["d2t"])) + weights["d2t"]
+    assert torch.equal(weights["lm_head.weight"], target.lm_head.weight[vocab_ids].bfloat16())
+    assert json.loads((tmp_path / "f" / "training.json").read_text())["freeze_output"] is True
+    with pytest.raises(ValueError, match="drafts with the target's output layer"):
+        train_eagle(str(tmp_path / "e"), target=str(checkpoints[0]), work_dir=str(tmp_path / "w1"), kind="eagle",
+                    freeze_output=True, **SMALL)
+    assert not (tmp_path / "w1").exists()
 
 
 def test_feature_loss_pulls_the_heads_output_toward_the_next_feature(tmp_path, checkpoints):  # noqa: F811
@@ -123,7 +161,7 @@ def test_feature_loss_is_refused_for_an_eagle3_head_before_any_work(tmp_path, ch
 
 
 @pytest.mark.parametrize(("flag", "value"), [("weight_decay", -0.1), ("feature_loss", float("nan")),
-                                             ("feature_loss", "lots")])
+                                             ("feature_loss", "lots"), ("feature_noise", float("inf"))])
 def test_train_eagle_refuses_bad_loss_weights_before_any_work(tmp_path, monkeypatch, flag, value):
     from specref.tools.cli import CLI
 

@@ -451,7 +451,8 @@ class CLI:
                     eval_prompts: int = 60, unroll: int = 3, tree: str = "dynamic", total_tokens: int | None = None,
                     depth: int | None = None, tree_top_k: int | None = None, bf16: bool = True,
                     val_prompts: int | None = None, weight_decay: float = 0.0, feature_loss: float = 0.0,
-                    device: str = "cpu", layers: int = 1, prompts: str | None = None, text_batch: int = 40) -> None:
+                    device: str = "cpu", layers: int = 1, prompts: str | None = None, text_batch: int = 40,
+                    feature_noise: float = 0.0, freeze_output: bool = False) -> None:
         """Train an EAGLE head (--kind eagle3|eagle) for the target (default: SmolLM2) on text it generates.
 
         Shares the draft's data: point --work-dir at a train-draft work directory made with the same --samples and
@@ -463,6 +464,9 @@ class CLI:
         --feature-loss W (--kind eagle only): adds EAGLE-1's feature regression, weight W, to every unrolled step
         (default 0, as the shipped head): the head's output learns the target feature it stands in for one step
         deeper. An EAGLE-3 head has no fixed feature to learn (its own fc fuses what it reads), so it is refused there.
+        --feature-noise A: EAGLE-1's data augmentation, uniform noise of A times each position's RMS on what the head's
+        first step reads in place of its own output (the target's feature; for EAGLE-3 the fused one), in training
+        only (default 0, as the shipped head). --freeze-output (EAGLE-3): keep the output layer at the target's rows.
         --device cuda: as for train-draft (the head is still evaluated with the CPU's tree, as the shipped one was).
         --layers N: the head's decoder layers (default 1, as in EAGLE and the shipped head).
         --prompts FILE and --text-batch N: as for train-draft (write-prompts writes such a file).
@@ -474,7 +478,8 @@ class CLI:
         check_count("layers", layers)
         tree_spec = tree_for("cpu", tree, "eagle", total_tokens, depth, tree_top_k)  # the CPU's, on any device
         dev = resolve_device(device)
-        for flag, value in (("--weight-decay", weight_decay), ("--feature-loss", feature_loss)):
+        for flag, value in (("--weight-decay", weight_decay), ("--feature-loss", feature_loss),
+                            ("--feature-noise", feature_noise)):
             if not (isinstance(value, int | float) and 0 <= value < float("inf")):
                 raise ValueError(f"{flag} must be >= 0 and finite, got {value!r}")
         check_training(vocab=vocab, samples=samples, epochs=epochs, max_new_tokens=max_new_tokens,
@@ -486,7 +491,7 @@ class CLI:
                              unroll=unroll, seed=seed, train_prompts=train_prompts, eval_prompts=eval_prompts,
                              tree=tree_spec, bf16=bf16, val_prompts=val_prompts, weight_decay=weight_decay,
                              feature_loss=feature_loss, device=str(dev), layers=layers, prompts=prompts,
-                             text_batch=text_batch)
+                             text_batch=text_batch, feature_noise=feature_noise, freeze_output=freeze_output)
         print(json.dumps(result, indent=2))
 
     def write_prompts(self, out: str, *, count: int = 1200, target: str | None = None, temperature: float = 1.0,

@@ -230,7 +230,9 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
     on the 2-thread Xeon VM with AMX a head's 4,096-token step took 2.2 s instead of 3.7 s.
     `weight_decay`: AdamW's decoupled decay (Loshchilov & Hutter 2019), on matrices only (not norms or biases).
     `device`: where `model` lives; each batch's rows go there, and `loss_of` runs with it as the default device
-    of new tensors (a state saved on one device resumes on another)."""
+    of new tensors (a state saved on one device resumes on another).
+    The validation loss is computed with `model.eval()`, so that `loss_of` can tell it from a training step; the
+    state keeps torch's CPU random generator, so that noise `loss_of` draws from it resumes where it stopped."""
     device = torch.device(device)
     settings = {**settings, "bf16": True} if bf16 else settings  # fp32 runs resume as they always did
     settings = {**settings, "weight_decay": weight_decay} if weight_decay else settings  # likewise
@@ -255,6 +257,8 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
                              "delete it or use another --work-dir")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        if "rng" in state:  # training-time noise (`train-eagle --feature-noise`) goes on as if never stopped
+            torch.set_rng_state(state["rng"])
         step, val_losses = int(state["step"]), list(state.get("val_losses", []))
         losses = list(state.get("losses", []))  # a state written before specref kept them: only the steps after it
     with tqdm(total=len(flat), initial=step, desc=desc, unit="step") as bar, warnings.catch_warnings():
@@ -278,16 +282,20 @@ def fit(model: nn.Module, data: list[tuple], loss_of: Callable[[list[tuple]], Te
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if val_groups and step % per_epoch == 0:
+                training = model.training
+                model.eval()  # `loss_of` adds training-time noise only in training mode
                 with torch.no_grad(), torch.device(device), torch.autocast(device.type, dtype=torch.bfloat16,
                                                                            enabled=bf16):
                     val_losses.append(float(np.mean([loss_of(on(device, [val[i] for i in g])).item()
                                                      for g in val_groups])))
+                model.train(training)
                 # stderr, with the progress bar: stdout is the command's JSON result
                 bar.write(f"epoch {step // per_epoch}: validation loss {val_losses[-1]:.4f}", file=sys.stderr)
             if step % 100 == 0 or step == len(flat):
                 with atomic_file(state_file) as tmp:
                     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                                "settings": settings, "losses": losses, "val_losses": val_losses}, tmp)
+                                "settings": settings, "losses": losses, "val_losses": val_losses,
+                                "rng": torch.get_rng_state()}, tmp)
     return losses, len(flat), val_losses
 
 

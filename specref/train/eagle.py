@@ -74,6 +74,17 @@ class UnrollCache:
         pass
 
 
+def with_noise(x: Tensor, amplitude: float) -> Tensor:
+    """x + amplitude * rms(x) * u per position, u ~ U(-1, 1) per element: EAGLE-1's data augmentation (arXiv
+    2401.15077 adds U(-0.1, 0.1) to the target's features in training), scaled to each position's size, since the
+    target's layer inputs that an EAGLE-3 head fuses reach 1e4 in a few channels. Drawn on the CPU from torch's
+    default generator (seeded by `new_head`; `fit` saves and restores it), so that a seed gives the same noise on
+    every device and after a resume."""
+    u = torch.rand(x.shape, device="cpu").to(x.device) * 2 - 1
+    rms = x.detach().float().pow(2).mean(-1, keepdim=True).sqrt()  # a constant: sqrt's gradient at a padded 0 is inf
+    return x + amplitude * rms * u
+
+
 def new_head(target: Llama, kind: str, vocab_ids: Tensor, seed: int, layers: int = 1) -> EagleHead:
     """A fresh head: PyTorch's default init, its output rows (EAGLE-3) and norms copied from the target. It is
     made on the CPU whatever the target's device, so that a seed gives the same head everywhere."""
@@ -93,7 +104,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 train_prompts: int | None = None, eval_prompts: int = 60, eval_new_tokens: int = 128,
                 tree: TreeSpec | None = None, bf16: bool = True, val_prompts: int | None = None,
                 weight_decay: float = 0.0, feature_loss: float = 0.0, device: str = "cpu", layers: int = 1,
-                prompts: str | None = None, text_batch: int = TEXT_BATCH) -> dict[str, Any]:
+                prompts: str | None = None, text_batch: int = TEXT_BATCH, feature_noise: float = 0.0,
+                freeze_output: bool = False) -> dict[str, Any]:
     from specref.formats.default_model import resolve_target
     from specref.formats.hf import load_model
 
@@ -102,6 +114,9 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     if feature_loss and kind != "eagle":
         raise ValueError(f"--feature-loss regresses the target's feature, which only an EAGLE-1 head (--kind eagle) "
                          f"stands in for; an EAGLE-3 head's input is fused by its own trained fc (got --kind {kind})")
+    if freeze_output and kind != "eagle3":
+        raise ValueError("--freeze-output keeps an EAGLE-3 head's own output layer at the target's rows; an EAGLE-1 "
+                         "head (--kind eagle) drafts with the target's output layer, which is never trained")
     check_output(out)
     device = torch.device(device)
     bf16 = bf16_products(bf16, device)
@@ -119,6 +134,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
     head = new_head(dense, kind, vocab_ids, seed, layers).to(device)
     for p in dense.parameters():
         p.requires_grad_(False)
+    if freeze_output:
+        head.lm_head.weight.requires_grad_(False)  # the target's rows, as `new_head` copied them
     t2d = target_to_draft(vocab_ids, v).to(device)
     val_prompts = run["val_prompts"]
     data, val = hold_out(load_examples(run["files"], run["labels"], feature_layers=taps), run["files"], val_prompts)
@@ -132,6 +149,8 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
         hidden = pad([r[4][:-1].float() for r in rows])
         if feature_loss:  # the regression's targets: what a step reads at j had the target run there
             want = pad([r[4].float() for r in rows], width=t + unroll)
+        if feature_noise and head.training:  # what steps 2.. replace with the head's own g: f, or fc(f) for EAGLE-3
+            hidden = with_noise(head.fuse(hidden) if kind == "eagle3" else hidden, feature_noise)
         cache, causal = UnrollCache(head.config.layer.num_hidden_layers), torch.ones(t, t, dtype=torch.bool).tril()
         pos, total = torch.arange(t).expand(len(rows), t), torch.zeros(())
         for s in range(1, unroll + 1):
@@ -155,7 +174,9 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
                 **({"val_prompts": val_prompts} if val_prompts else {}),
                 # states written before these options resume as before
                 **({"feature_loss": feature_loss} if feature_loss else {}),
-                **({"layers": layers} if layers != 1 else {})}
+                **({"layers": layers} if layers != 1 else {}),
+                **({"feature_noise": feature_noise} if feature_noise else {}),
+                **({"freeze_output": True} if freeze_output else {})}
     losses, steps, val_losses = fit(head, data, loss_of, lr=lr, epochs=epochs, batch_tokens=batch_tokens, seed=seed,
                                     state_file=work / f"train_state_{kind}.pt", settings=settings,
                                     desc="head learns", bf16=bf16, val=val, weight_decay=weight_decay, device=device)
@@ -174,7 +195,7 @@ def train_eagle(out: str, *, target: str | None = None, work_dir: str | None = N
               "seconds": round(time.time() - started, 1), "seed": seed, "bf16": bf16, "samples_per_prompt": samples,
               "val_prompts": val_prompts, "val_loss_per_epoch": val_losses, "weight_decay": weight_decay,
               "feature_loss": feature_loss, "device": str(device), "layers": layers, "prompts_file": prompts,
-              "text_batch": text_batch}
+              "text_batch": text_batch, "feature_noise": feature_noise, "freeze_output": freeze_output}
     save_head(head, out, dtype=torch.bfloat16)
     (Path(out) / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
