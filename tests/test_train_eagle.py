@@ -85,7 +85,7 @@ def test_weight_decay_shrinks_matrices_only(tmp_path, checkpoints):  # noqa: F81
     assert torch.allclose(decayed[norm].float(), plain[norm].float(), rtol=0.01)
 
 
-def test_feature_noise_changes_training_not_validation(tmp_path, checkpoints):  # noqa: F811
+def test_feature_noise_changes_training_and_follows_the_seed(tmp_path, checkpoints):  # noqa: F811
     # The same data and seed: the noisy run trains other weights; the noise is scaled to each position's RMS
     # (features span 1 to 1e4 here, as the target's layer inputs do) and follows the seed. That the validation loss
     # draws none, and that a resumed run draws what it would have, is fit's test in test_train_draft.py.
